@@ -1,0 +1,194 @@
+"""One frozen configuration for training and evaluation, its per-dataset presets and its command line.
+
+Every setting is a field of :class:`Config`; the command-line flags of ``train.py`` and ``eval.py`` are generated
+from the fields, so a new setting is one new line here.  Precedence: field default < dataset preset < flags given on
+the command line (and, when resuming, < the stored config of the checkpoint for the fields not given again).
+
+Published FFP settings (Liu et al., CVPR 2018; the authors' ``training_hyper_params/hyper_params.ini``):
+intensity (L2) weight 1 (Avenue: 0.001), gradient weight 1, flow weight 2, adversarial weight 0.05; Adam with
+learning rates 1e-4 / 1e-5 (G / D) on the grey datasets and 2e-4 / 2e-5 on the colour ones, each divided by 10
+after 7,000 (Ped2), 100,000 (Avenue) or 50,000 (ShanghaiTech) steps; clips of 4 input frames + 1 target at 256x256.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from errors import UserError
+
+DATASET_ALIASES = {"shanghaitech": "shanghai"}
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- data -------------------------------------------------------------------------------------------------
+    dataset: str = "toy"  # a preset name: toy, ped2, avenue, shanghai (alias shanghaitech)
+    data_root: str = "data"  # folder holding <dataset>/{training,testing}/frames/<video>/<frame>.jpg
+    labels: str = ""  # label file or folder; empty = look beside the dataset (see dataset.find_label_source)
+    cache_dir: str = "cache"  # decoded, resized uint8 frames are kept here (one .npy per video)
+    img_size: int = 256  # frames are resized to img_size x img_size
+    clip_len: int = 5  # 4 input frames + 1 predicted frame
+    # --- networks ---------------------------------------------------------------------------------------------
+    model: str = "ffp"  # generator registry name (models/__init__.py)
+    base_channels: int = 64  # width of the first U-Net stage (64 in the paper)
+    discriminator: str = "pixel"  # discriminator registry name
+    flownet: str = "none"  # flow registry name (flownet/__init__.py): flownet2sd, none
+    flownet_weights: str = ""  # weights file of the flow network; empty = the usual places in weights/
+    # --- optimisation -----------------------------------------------------------------------------------------
+    iters: int = 80000
+    batch_size: int = 4
+    lr_g: float = 1e-4
+    lr_d: float = 1e-5
+    lr_decay_step: int = 7000  # both learning rates are multiplied by lr_decay_gamma at this step
+    lr_decay_gamma: float = 0.1
+    lam_int: float = 1.0
+    lam_grad: float = 1.0
+    lam_flow: float = 2.0
+    lam_adv: float = 0.05
+    manualseed: int = 50
+    # --- run control ------------------------------------------------------------------------------------------
+    save_interval: int = 10000
+    val_interval: int = 1000
+    log_interval: int = 20
+    resume: str = ""  # checkpoint name in weights/ (latest_ped2) or a path: continue that run exactly
+    trained_model: str = ""  # eval.py: checkpoint name in weights/ (g_best_auc_ped2) or a path
+    weights_dir: str = "weights"
+    results_dir: str = "results"
+    log_dir: str = "tensorboard_log"
+    tensorboard: bool = True
+    # --- compute ----------------------------------------------------------------------------------------------
+    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:1
+    amp: str = "auto"  # auto, off, bf16, fp16: autocast precision (auto: see engine.resolve_amp)
+    channels_last: str = "auto"  # auto, on, off: NHWC memory format for the convolutions
+    eval_batch_size: int = 16
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    # --- evaluation -------------------------------------------------------------------------------------------
+    macro_single_class: str = "exclude"  # exclude | pad: how videos with one class enter the macro AUC
+    plots: bool = True  # eval.py: write ROC and per-video score plots
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def n_inputs(self) -> int:
+        return self.clip_len - 1
+
+
+# Presets hold only what differs from the field defaults.
+_GREY = dict(lr_g=1e-4, lr_d=1e-5)
+_COLOUR = dict(lr_g=2e-4, lr_d=2e-5)
+PRESETS: dict[str, dict[str, Any]] = {
+    "ped2": dict(_GREY, flownet="flownet2sd", lr_decay_step=7000, iters=80000),
+    "avenue": dict(_COLOUR, flownet="flownet2sd", lr_decay_step=100000, iters=80000, lam_int=0.001),
+    "shanghai": dict(_COLOUR, flownet="flownet2sd", lr_decay_step=50000, iters=80000),
+    # Synthetic data (toydata.py): small frames and a narrower U-Net so the whole pipeline runs in minutes on a
+    # CPU.  It trains without the flow loss: no flow network here needs no downloaded weights.
+    "toy": dict(
+        _COLOUR, img_size=64, base_channels=32, flownet="none", iters=1000, batch_size=8, lr_decay_step=800,
+        save_interval=500, val_interval=250, log_interval=25,
+    ),
+}
+
+
+def canonical_dataset(name: str) -> str:
+    name = DATASET_ALIASES.get(name.lower(), name.lower())
+    if name not in PRESETS:
+        valid = ", ".join(sorted(set(PRESETS) | set(DATASET_ALIASES)))
+        raise UserError(f"unknown dataset '{name}': valid names are {valid}")
+    return name
+
+
+def preset(dataset: str) -> Config:
+    """The default configuration of one dataset."""
+    name = canonical_dataset(dataset)
+    return Config(dataset=name, **PRESETS[name])
+
+
+# --- command line ---------------------------------------------------------------------------------------------
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line naming it (and where to look), not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {message} (run with --help for the valid flags)\n")
+        raise SystemExit(2)
+
+
+def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog=prog, description=description, allow_abbrev=False,
+                            argument_default=argparse.SUPPRESS)
+    defaults = Config()
+    for f in fields(Config):
+        default = getattr(defaults, f.name)
+        if f.type in ("bool", bool):
+            parser.add_argument(f"--{f.name}", type=_parse_bool, nargs="?", const=True, metavar="BOOL",
+                                help=f"(default {default})")
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            parser.add_argument(f"--{f.name}", type=kind, metavar=f.name.upper(), help=f"(default {default!r})")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None, prog: str, description: str) -> tuple[Config, set[str]]:
+    """Config from preset + flags, and the set of flags the user gave explicitly (a resume keeps the others)."""
+    parser = build_parser(prog, description)
+    given = vars(parser.parse_args(argv))
+    explicit = set(given)
+    cfg = preset(given.get("dataset", Config.dataset))
+    given["dataset"] = cfg.dataset
+    cfg = cfg.replace(**given)
+    validate(cfg)
+    return cfg, explicit
+
+
+_CHOICES = {
+    "amp": ("auto", "off", "bf16", "fp16"),
+    "channels_last": ("auto", "on", "off"),
+    "macro_single_class": ("exclude", "pad"),
+}
+
+
+def validate(cfg: Config) -> None:
+    for name, choices in _CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            raise UserError(f"--{name}={getattr(cfg, name)} is not valid: choose one of {', '.join(choices)}")
+    for name in ("img_size", "batch_size", "iters", "eval_batch_size", "base_channels"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name} must be a positive integer, got {getattr(cfg, name)}")
+    if cfg.clip_len < 2:
+        raise UserError(f"--clip_len must be at least 2 (inputs + 1 target), got {cfg.clip_len}")
+    if cfg.img_size % 8:
+        raise UserError(f"--img_size must be a multiple of 8 (the U-Net halves it three times), got {cfg.img_size}")
+    for name in ("save_interval", "val_interval", "log_interval"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name} must be >= 0 (0 disables it), got {getattr(cfg, name)}")
+
+
+def config_from_dict(stored: dict[str, Any]) -> Config:
+    """Rebuild a Config stored in a checkpoint; fields added since are filled with their defaults."""
+    known = {f.name for f in fields(Config)}
+    return Config(**{k: v for k, v in stored.items() if k in known})
+
+
+def write_config(cfg: Config, folder: Path | str) -> Path:
+    from ioutil import atomic_write_text
+    path = Path(folder) / "config.json"
+    atomic_write_text(path, cfg.to_json() + "\n")
+    return path

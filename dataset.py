@@ -1,0 +1,374 @@
+"""Datasets in the prepared-frames layout, a frame cache, training/test clips and frame labels.
+
+Layout (../shared/DATASETS.md section 2)::
+
+    <data_root>/<dataset>/training/frames/<video>/<frame>.jpg
+    <data_root>/<dataset>/testing/frames/<video>/<frame>.jpg
+
+Frames are decoded and resized once into a uint8 array per video (``<cache_dir>/<dataset>/<split>/*.npy``) and then
+memory-mapped: decoding JPEGs on every step would dominate a CPU training step.  Frames are RGB; grey datasets
+(Ped1/Ped2 store R=G=B) keep the 3-channel layout the published models expect.  Networks see [-1, 1].
+
+Label formats (DATASETS.md section 3): ano_pred ``.mat`` intervals, MNAD concatenated ``frame_labels_<ds>.npy``,
+ShanghaiTech per-video ``test_frame_mask/*.npy``, and the official UCSD ``.m`` script.  Every loader checks the
+lengths against the frame counts and names the video that disagrees.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from config import Config
+from errors import UserError
+from ioutil import atomic_path
+
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+SPLITS = ("training", "testing")
+
+
+# --- layout ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Video:
+    name: str
+    frames: tuple[Path, ...]
+
+
+def frames_dir(cfg: Config, split: str) -> Path:
+    return Path(cfg.data_root) / cfg.dataset / split / "frames"
+
+
+def _is_frame(path: Path) -> bool:
+    return path.suffix.lower() in FRAME_EXTENSIONS and not path.name.startswith(".")
+
+
+def _natural_key(path: Path) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name))
+
+
+def list_videos(root: Path) -> list[Video]:
+    """Video folders under ``root`` in name order, each with its frames in order. Bad layouts are UserErrors."""
+    if not root.is_dir():
+        raise UserError(f"no frames folder at {root}: expected <data_root>/<dataset>/<split>/frames/<video>/"
+                        f"<frame>.jpg (set --data_root, or prepare the dataset first; see README 'Data')")
+    videos = []
+    for folder in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                         key=_natural_key):
+        frames = tuple(sorted((p for p in folder.iterdir() if _is_frame(p)), key=_natural_key))
+        if not frames:
+            raise UserError(f"video folder {folder} has no frames ({', '.join(FRAME_EXTENSIONS)}): "
+                            f"remove it or re-extract the video")
+        videos.append(Video(folder.name, frames))
+    if not videos:
+        raise UserError(f"{root} has no video folders: expected one folder of frames per video")
+    return videos
+
+
+# --- frame cache ----------------------------------------------------------------------------------------------
+
+def decode_frame(path: Path, size: int) -> np.ndarray:
+    """One frame as RGB uint8 (size, size, 3); grey images are expanded to three equal channels."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserError(f"cannot read frame {path}: the file is empty or not an image; re-extract this video")
+    if image.shape[:2] != (size, size):
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(image[:, :, ::-1])
+
+
+def _video_fingerprint(video: Video, size: int) -> str:
+    digest = hashlib.sha1(f"{size}".encode())
+    for frame in video.frames:
+        stat = frame.stat()
+        digest.update(f"{frame.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def _decode_video(video: Video, size: int, pool: ThreadPoolExecutor) -> np.ndarray:
+    return np.stack(list(pool.map(lambda p: decode_frame(p, size), video.frames)))
+
+
+def cached_frames(videos: Sequence[Video], size: int, cache_root: Path, desc: str = "") -> list[np.ndarray]:
+    """Memory-mapped uint8 (T, size, size, 3) arrays, one per video, decoding only what is not cached yet.
+
+    A cache file is named by a fingerprint of the source frames (path, size, mtime), so an edited video is decoded
+    again.  Writes are atomic: an interrupted build leaves no file that looks complete.
+    """
+    from tqdm import tqdm
+
+    cache_root.mkdir(parents=True, exist_ok=True)
+    paths = [cache_root / f"{v.name}_{size}px_{_video_fingerprint(v, size)}.npy" for v in videos]
+    missing = [i for i, p in enumerate(paths) if not p.exists()]
+    if missing:
+        with ThreadPoolExecutor(max_workers=2) as pool:  # cv2 releases the GIL while decoding
+            for i in tqdm(missing, desc=f"decoding {desc}".strip(), unit="video", leave=False):
+                array = _decode_video(videos[i], size, pool)
+                with atomic_path(paths[i], suffix=".npy") as tmp:
+                    with open(tmp, "wb") as handle:
+                        np.save(handle, array)
+    arrays = []
+    for video, path in zip(videos, paths):
+        try:
+            arrays.append(np.load(path, mmap_mode="r"))
+        except (ValueError, OSError) as exc:
+            raise UserError(f"frame cache {path} is unreadable ({exc}): delete it and run again") from None
+        if arrays[-1].shape[0] != len(video.frames):
+            raise UserError(f"frame cache {path} holds {arrays[-1].shape[0]} frames but {video.name} has "
+                            f"{len(video.frames)}: delete it and run again")
+    return arrays
+
+
+@dataclass
+class VideoSet:
+    """The frames of one split: video names, memory-mapped frame arrays, frame counts."""
+    names: list[str]
+    frames: list[np.ndarray]
+
+    @property
+    def counts(self) -> list[int]:
+        return [len(f) for f in self.frames]
+
+    @classmethod
+    def load(cls, cfg: Config, split: str) -> "VideoSet":
+        if cfg.dataset == "toy":
+            from toydata import ensure_toy_dataset
+            ensure_toy_dataset(Path(cfg.data_root))
+        videos = list_videos(frames_dir(cfg, split))
+        cache = Path(cfg.cache_dir) / cfg.dataset / split
+        return cls([v.name for v in videos], cached_frames(videos, cfg.img_size, cache, f"{cfg.dataset} {split}"))
+
+
+def to_model_range(frames_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
+    return frames_uint8.movedim(-1, -3).float().div_(127.5).sub_(1.0)
+
+
+# --- training clips -------------------------------------------------------------------------------------------
+
+class TrainClips:
+    """Every run of ``clip_len`` consecutive frames inside one training video."""
+
+    def __init__(self, videos: VideoSet, clip_len: int):
+        self.videos = videos
+        self.clip_len = clip_len
+        starts = [(v, s) for v, n in enumerate(videos.counts) for s in range(n - clip_len + 1)]
+        if not starts:
+            raise UserError(f"no training video has {clip_len} frames: lower --clip_len or add longer videos")
+        self.index = np.asarray(starts, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def batch(self, clip_ids: Sequence[int]) -> torch.Tensor:
+        """uint8 (B, clip_len, H, W, 3)."""
+        clips = [self.videos.frames[v][s:s + self.clip_len] for v, s in self.index[np.asarray(clip_ids)]]
+        return torch.from_numpy(np.stack(clips))
+
+
+class ClipSampler:
+    """Shuffled passes over the clips, reproducible from (seed, epoch) alone.
+
+    The state is just (epoch, position), so a checkpoint restores the exact next batch.  An incomplete last batch
+    of an epoch is dropped (every batch has ``batch_size`` clips).
+    """
+
+    def __init__(self, n_clips: int, batch_size: int, seed: int):
+        if n_clips < batch_size:
+            raise UserError(f"only {n_clips} training clips for --batch_size={batch_size}: lower the batch size")
+        self.n_clips, self.batch_size, self.seed = n_clips, batch_size, seed
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n_clips)
+
+    def next_batch(self) -> np.ndarray:
+        if self.position + self.batch_size > self.n_clips:
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._permutation(self.epoch)
+        ids = self._order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return ids
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "n_clips": self.n_clips}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["n_clips"] != self.n_clips:
+            raise UserError(f"the checkpoint was trained on {state['n_clips']} clips but the data now has "
+                            f"{self.n_clips}: resume on the same training set")
+        self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
+        self._order = self._permutation(self.epoch)
+
+
+# --- test clips -----------------------------------------------------------------------------------------------
+
+def iter_test_batches(videos: VideoSet, clip_len: int, batch_size: int,
+                      video_ids: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray, torch.Tensor]]:
+    """(video index, target frame indices, uint8 clips (B, clip_len, H, W, 3)) covering every predictable frame.
+
+    Target t is predicted from frames t-clip_len+1 .. t-1; the first clip_len-1 frames of a video have no target.
+    """
+    for v in (range(len(videos.names)) if video_ids is None else video_ids):
+        frames = videos.frames[v]
+        targets = np.arange(clip_len - 1, len(frames))
+        for lo in range(0, len(targets), batch_size):
+            chunk = targets[lo:lo + batch_size]
+            clips = np.stack([frames[t - clip_len + 1:t + 1] for t in chunk])
+            yield v, chunk, torch.from_numpy(clips)
+
+
+def n_predicted_frames(videos: VideoSet, clip_len: int) -> int:
+    return sum(max(0, n - clip_len + 1) for n in videos.counts)
+
+
+# --- labels ---------------------------------------------------------------------------------------------------
+
+def _check_count(kind: str, path: Path, got: int, want: int) -> None:
+    if got != want:
+        raise UserError(f"{path} has {kind} for {got} test videos but the dataset has {want}: "
+                        f"check --labels and --data_root")
+
+
+def labels_from_ano_pred_mat(path: Path, counts: Sequence[int]) -> list[np.ndarray]:
+    """ano_pred ``gt``: a 1 x n cell of [2 x m] 1-based inclusive anomalous intervals."""
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except Exception as exc:  # scipy raises several types for a corrupt file
+        raise UserError(f"cannot read label file {path} as MATLAB .mat ({exc})") from None
+    if "gt" not in mat:
+        keys = ", ".join(k for k in mat if not k.startswith("__"))
+        raise UserError(f"{path} has no variable 'gt' (found: {keys}): expected the ano_pred interval format")
+    cells = np.asarray(mat["gt"]).reshape(-1)
+    _check_count("intervals", path, len(cells), len(counts))
+    labels = []
+    for k, (cell, n) in enumerate(zip(cells, counts)):
+        intervals = np.asarray(cell, dtype=np.int64).reshape(2, -1)
+        video = np.zeros(n, dtype=np.int64)
+        for start, end in intervals.T:
+            if not 1 <= start <= end <= n:
+                raise UserError(f"{path}: test video {k + 1} has interval [{start}, {end}] outside its {n} frames: "
+                                f"the label file does not match these frames")
+            video[start - 1:end] = 1
+        labels.append(video)
+    return labels
+
+
+def labels_from_concatenated_npy(path: Path, counts: Sequence[int]) -> list[np.ndarray]:
+    """MNAD ``frame_labels_<ds>.npy``: all videos' 0/1 labels in one array, (1, N) or (N,)."""
+    try:
+        flat = np.load(path, allow_pickle=False).reshape(-1).astype(np.int64)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"cannot read label file {path} as .npy ({exc})") from None
+    if len(flat) != sum(counts):
+        raise UserError(f"{path} has {len(flat)} frame labels but the {len(counts)} test videos have "
+                        f"{sum(counts)} frames: the label file does not match these frames")
+    return np.split(flat, np.cumsum(counts)[:-1])
+
+
+def labels_from_mask_folder(folder: Path, names: Sequence[str], counts: Sequence[int]) -> list[np.ndarray]:
+    """ShanghaiTech ``test_frame_mask/<video>.npy``: one 0/1 array per test video."""
+    labels = []
+    for name, n in zip(names, counts):
+        path = folder / f"{name}.npy"
+        if not path.exists():
+            raise UserError(f"no frame mask {path} for test video {name}: the mask folder does not match the frames")
+        video = np.load(path, allow_pickle=False).reshape(-1).astype(np.int64)
+        if len(video) != n:
+            raise UserError(f"{path} has {len(video)} labels but test video {name} has {n} frames")
+        labels.append(video)
+    return labels
+
+
+_UCSD_LINE = re.compile(r"gt_frame\s*=\s*\[([^\]]*)\]")
+
+
+def labels_from_ucsd_m(path: Path, counts: Sequence[int]) -> list[np.ndarray]:
+    """Official UCSD ``UCSDpedN.m``: ``TestVideoFile{end+1}.gt_frame = [a:b, c:d];`` per test video."""
+    entries = _UCSD_LINE.findall(path.read_text(errors="replace"))
+    _check_count("gt_frame lines", path, len(entries), len(counts))
+    labels = []
+    for k, (entry, n) in enumerate(zip(entries, counts)):
+        video = np.zeros(n, dtype=np.int64)
+        for start, end in re.findall(r"(\d+)\s*:\s*(\d+)", entry):
+            start, end = int(start), int(end)
+            if not 1 <= start <= end <= n:
+                raise UserError(f"{path}: test video {k + 1} has range {start}:{end} outside its {n} frames")
+            video[start - 1:end] = 1
+        labels.append(video)
+    return labels
+
+
+def labels_from_ucsd_gt_masks(test_dir: Path, counts: Sequence[int]) -> list[np.ndarray]:
+    """Official UCSD pixel masks ``Test0NN_gt/*.bmp``: a frame is anomalous when its mask has a non-zero pixel."""
+    folders = sorted(p for p in test_dir.iterdir() if p.is_dir() and re.fullmatch(r"Test\d+_gt", p.name))
+    _check_count("mask folders", test_dir, len(folders), len(counts))
+    labels = []
+    for folder, n in zip(folders, counts):
+        masks = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".bmp" and not p.name.startswith(".")),
+                       key=_natural_key)
+        if len(masks) != n:
+            raise UserError(f"{folder} has {len(masks)} masks but its test video has {n} frames")
+        labels.append(np.array([int(cv2.imread(str(m), cv2.IMREAD_GRAYSCALE).any()) for m in masks]))
+    return labels
+
+
+def label_candidates(cfg: Config) -> list[Path]:
+    root, ds = Path(cfg.data_root), cfg.dataset
+    names = [ds, "shanghaitech"] if ds == "shanghai" else [ds]
+    out = []
+    for name in names:
+        out += [root / ds / f"{name}.mat", root / f"{name}.mat", root / "labels" / f"{name}.mat"]
+    out += [root / ds / "testing" / "test_frame_mask", root / "labels" / "shanghaitech_test_frame_mask"] \
+        if ds == "shanghai" else []
+    out += [root / ds / f"frame_labels_{ds}.npy", root / f"frame_labels_{ds}.npy",
+            root / "labels" / f"frame_labels_{ds}.npy"]
+    return out
+
+
+def find_label_source(cfg: Config) -> Path:
+    if cfg.labels:
+        path = Path(cfg.labels)
+        if not path.exists():
+            raise UserError(f"label file {path} does not exist (from --labels)")
+        return path
+    for path in label_candidates(cfg):
+        if path.exists():
+            return path
+    looked = ", ".join(str(p) for p in label_candidates(cfg))
+    raise UserError(f"no labels found for {cfg.dataset} (looked for {looked}): pass --labels=<file or folder>")
+
+
+def load_labels(source: Path, names: Sequence[str], counts: Sequence[int]) -> list[np.ndarray]:
+    """Per-video 0/1 frame labels from any supported format, checked against the frame counts."""
+    if source.is_dir():
+        return labels_from_mask_folder(source, names, counts)
+    loaders = {".mat": labels_from_ano_pred_mat, ".npy": labels_from_concatenated_npy, ".m": labels_from_ucsd_m}
+    loader = loaders.get(source.suffix.lower())
+    if loader is None:
+        raise UserError(f"unknown label format {source}: expected an ano_pred .mat, a frame_labels .npy, "
+                        f"a UCSD .m or a folder of per-video .npy masks")
+    return loader(source, counts)
+
+
+@dataclass
+class TestSet:
+    videos: VideoSet
+    labels: list[np.ndarray]
+    label_source: Path
+
+    @classmethod
+    def load(cls, cfg: Config) -> "TestSet":
+        videos = VideoSet.load(cfg, "testing")
+        source = find_label_source(cfg)
+        return cls(videos, load_labels(source, videos.names, videos.counts), source)

@@ -1,0 +1,310 @@
+"""The training loop: alternating least-squares GAN updates, validation, checkpoints, exact resume.
+
+One step (Liu et al., CVPR 2018, Sec. 3.4 and Algorithm 1): predict the next frame; update D on the real target and
+the *detached* prediction; then update G with D frozen (D's parameters have requires_grad off during G's backward,
+so G's step leaves D's gradients untouched) on lam_int*L_int + lam_grad*L_gd + lam_flow*L_op + lam_adv*L_adv.
+Both learning rates drop by ``lr_decay_gamma`` at ``lr_decay_step`` (the authors' piecewise-constant schedule).
+
+Ours: the flow of the ground-truth pair (last input frame -> target) is computed once per training clip and kept
+(fp16, on the CPU): the flow network is frozen and the pair never changes.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+import losses
+from checkpoint import load_checkpoint, save_checkpoint
+from config import Config
+from dataset import ClipSampler, TestSet, TrainClips, VideoSet, to_model_range
+from errors import UserError
+from evaluation import evaluate
+from flownet import build_flownet
+from models import build_discriminator, build_generator, is_trainable
+from runtime import (autocast, configure_threads, resolve_amp, resolve_device, rng_state, seed_everything,
+                     set_rng_state, use_channels_last, versions)
+from metrics import psnr
+
+# Fields that define the networks and the data they were trained on: a resumed run cannot change them.
+ARCHITECTURE_FIELDS = ("dataset", "model", "base_channels", "discriminator", "img_size", "clip_len", "flownet")
+
+
+def merge_resumed_config(stored: Config, given: Config, explicit: set[str]) -> Config:
+    """The checkpoint's config, with the flags the user gave again (schedule, paths, devices) taking effect."""
+    changed = [k for k in ARCHITECTURE_FIELDS if k in explicit and getattr(given, k) != getattr(stored, k)]
+    if changed:
+        details = ", ".join(f"--{k}={getattr(given, k)} (checkpoint: {getattr(stored, k)})" for k in changed)
+        raise UserError(f"cannot resume with a different {details}: start a new run instead")
+    return stored.replace(**{k: getattr(given, k) for k in explicit if k not in ARCHITECTURE_FIELDS})
+
+
+@dataclass
+class StepLosses:
+    g_total: float
+    g_int: float
+    g_grad: float
+    g_flow: float
+    g_adv: float
+    d_loss: float
+    psnr: float
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TrainSummary:
+    step: int
+    best_auc: float
+    best_step: int
+    history: list[StepLosses] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume_from: Optional[dict[str, Any]] = None, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        configure_threads(cfg)
+        seed_everything(cfg.manualseed)
+        self.device = resolve_device(cfg.device)
+        self.amp_dtype = resolve_amp(cfg, self.device)
+        self.channels_last = use_channels_last(cfg, self.device)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+
+        self.generator = build_generator(cfg).to(self.device, memory_format=memory_format)
+        if not is_trainable(self.generator):
+            raise UserError(f"--model={cfg.model} has no parameters to train: evaluate it with eval.py")
+        self.discriminator = build_discriminator(cfg).to(self.device, memory_format=memory_format)
+        self.flownet = build_flownet(cfg)
+        if self.flownet is not None:
+            self.flownet.to(self.device)
+        elif cfg.lam_flow:
+            print(f"note: training WITHOUT the flow loss (--flownet=none); lam_flow={cfg.lam_flow} is unused")
+
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d)
+        self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, [cfg.lr_decay_step], cfg.lr_decay_gamma)
+        self.sched_d = torch.optim.lr_scheduler.MultiStepLR(self.opt_d, [cfg.lr_decay_step], cfg.lr_decay_gamma)
+        fp16 = self.amp_dtype == torch.float16 and self.device.type == "cuda"  # CUDA-only: fp16 needs loss scaling
+        self.scaler_g = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
+
+        self.train_clips = TrainClips(VideoSet.load(cfg, "training"), cfg.clip_len)
+        self.sampler = ClipSampler(len(self.train_clips), cfg.batch_size, cfg.manualseed)
+        self.test_set: Optional[TestSet] = TestSet.load(cfg) if cfg.val_interval else None
+        self.gt_flow: dict[int, torch.Tensor] = {}
+
+        self.step, self.best_auc, self.best_step = 0, -math.inf, -1
+        self.history: list[StepLosses] = []
+        if resume_from is not None:
+            self._restore(resume_from)
+        self.run_dir = Path(cfg.log_dir) / f"{cfg.dataset}_bs{cfg.batch_size}"
+        self.writer = None
+
+    # --- checkpoints ------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "generator": self.generator.state_dict(),
+            "discriminator": self.discriminator.state_dict(), "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(), "sched_g": self.sched_g.state_dict(),
+            "sched_d": self.sched_d.state_dict(), "scaler_g": self.scaler_g.state_dict(),
+            "scaler_d": self.scaler_d.state_dict(), "config": self.cfg.__dict__.copy(),
+            "best_auc": self.best_auc, "best_step": self.best_step, "rng": rng_state(),
+            "sampler": self.sampler.state_dict(), "versions": versions(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        try:
+            self.generator.load_state_dict(state["generator"])
+            self.discriminator.load_state_dict(state["discriminator"])
+        except RuntimeError as exc:
+            raise UserError(f"the checkpoint's networks do not match this configuration: "
+                            f"{str(exc).splitlines()[0]}") from None
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
+        self.scaler_g.load_state_dict(state["scaler_g"])
+        self.scaler_d.load_state_dict(state["scaler_d"])
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        self.step, self.best_auc, self.best_step = state["step"], state["best_auc"], state["best_step"]
+
+    def checkpoint_path(self, kind: str) -> Path:
+        return Path(self.cfg.weights_dir) / f"{kind}_{self.cfg.dataset}.pth"
+
+    def save(self, kind: str) -> Path:
+        path = self.checkpoint_path(kind)
+        save_checkpoint(path, self.state())
+        return path
+
+    # --- one step ---------------------------------------------------------------------------------------------
+    def _ground_truth_flow(self, clip_ids, last: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        missing = [i for i, c in enumerate(clip_ids) if int(c) not in self.gt_flow]
+        if missing:
+            with torch.no_grad(), autocast(self.device, self.amp_dtype):
+                flow = self.flownet(torch.stack([last[missing], target[missing]], dim=2)).float()
+            for i, f in zip(missing, flow):
+                self.gt_flow[int(clip_ids[i])] = f.to("cpu", torch.float16)
+        return torch.stack([self.gt_flow[int(c)] for c in clip_ids]).to(self.device, torch.float32)
+
+    def train_step(self, clip_ids, clips_uint8: torch.Tensor) -> StepLosses:
+        cfg, G, D = self.cfg, self.generator, self.discriminator
+        x = to_model_range(clips_uint8.to(self.device, non_blocking=True))
+        inputs, target, last = x[:, :-1].flatten(1, 2), x[:, -1], x[:, -2]
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+            target = target.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp_dtype):
+            prediction = G(inputs).float()
+
+        # D step on the detached prediction.
+        with autocast(self.device, self.amp_dtype):
+            d_loss = losses.discriminator_loss(D(target).float(), D(prediction.detach()).float())
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler_d.scale(d_loss).backward()
+        self.scaler_d.step(self.opt_d)
+        self.scaler_d.update()
+
+        # G step with D frozen: G's backward passes through D without touching D's gradients.
+        D.requires_grad_(False)
+        try:
+            with autocast(self.device, self.amp_dtype):
+                g_adv = losses.generator_adversarial_loss(D(prediction).float())
+                g_flow = torch.zeros((), device=self.device)
+                if self.flownet is not None:
+                    flow_pred = self.flownet(torch.stack([last, prediction], dim=2)).float()
+                    g_flow = losses.flow_loss(flow_pred, self._ground_truth_flow(clip_ids, last, target))
+            g_int = losses.intensity_loss(prediction, target)
+            g_grad = losses.gradient_loss(prediction, target)
+            g_total = cfg.lam_int * g_int + cfg.lam_grad * g_grad + cfg.lam_adv * g_adv
+            if self.flownet is not None:
+                g_total = g_total + cfg.lam_flow * g_flow
+            self.opt_g.zero_grad(set_to_none=True)
+            self.scaler_g.scale(g_total).backward()
+            self.scaler_g.step(self.opt_g)
+            self.scaler_g.update()
+        finally:
+            D.requires_grad_(True)
+        self.sched_g.step()
+        self.sched_d.step()
+        return StepLosses(g_total.item(), g_int.item(), g_grad.item(), g_flow.item(), g_adv.item(), d_loss.item(),
+                          psnr(prediction.detach(), target).mean().item())
+
+    # --- validation and logging -------------------------------------------------------------------------------
+    def validate(self) -> float:
+        result = evaluate(self.generator, self.test_set, self.cfg, self.device, self.amp_dtype, self.channels_last,
+                          progress=self.progress)
+        auc = result.metrics.micro_auc
+        if self.writer is not None:
+            self.writer.add_scalar("val/auc", auc, self.step)
+            self.writer.add_scalar("val/macro_auc", result.metrics.macro.value, self.step)
+            self.writer.add_scalar("val/eer", result.metrics.eer, self.step)
+        if auc > self.best_auc:
+            self.best_auc, self.best_step = auc, self.step
+            self.save("g_best_auc")
+        self._print(f"step {self.step}: test micro AUC {100 * auc:.2f}% (best {100 * self.best_auc:.2f}% at step "
+                    f"{self.best_step})")
+        return auc
+
+    def _print(self, message: str) -> None:
+        from tqdm import tqdm
+        tqdm.write(message)
+
+    def _log(self, losses_: StepLosses, clips_uint8: torch.Tensor) -> None:
+        if self.writer is None:
+            return
+        for name, value in losses_.as_dict().items():
+            tag = "train/psnr" if name == "psnr" else f"train/{name}"
+            self.writer.add_scalar(tag, value, self.step)
+        self.writer.add_scalar("train/lr_g", self.opt_g.param_groups[0]["lr"], self.step)
+
+    def _log_images(self) -> None:
+        if self.writer is None:
+            return
+        clips = self.train_clips.batch([0])
+        x = to_model_range(clips.to(self.device))
+        with torch.no_grad():
+            self.generator.eval()
+            prediction = self.generator(x[:, :-1].flatten(1, 2)).float()
+            self.generator.train()
+        self.writer.add_image("train/predicted_frame", ((prediction[0] + 1) / 2).clamp(0, 1).cpu(), self.step)
+        self.writer.add_image("train/target_frame", ((x[0, -1] + 1) / 2).cpu(), self.step)
+
+    def _open_writer(self) -> None:
+        if not self.cfg.tensorboard:
+            return
+        from tensorboardX import SummaryWriter
+
+        from config import write_config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(self.cfg, self.run_dir)
+        self.writer = SummaryWriter(str(self.run_dir))
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+    def fit(self) -> TrainSummary:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self._open_writer()
+        self.generator.train()
+        self.discriminator.train()
+        start = time.time()
+        bar = tqdm(total=cfg.iters, initial=self.step, desc=f"training {cfg.dataset}", unit="step",
+                   disable=not self.progress, dynamic_ncols=True)
+        validated_at = -1
+        try:
+            while self.step < cfg.iters:
+                ids = self.sampler.next_batch()
+                clips = self.train_clips.batch(ids)
+                step_losses = self.train_step(ids, clips)
+                self.step += 1
+                self.history.append(step_losses)
+                bar.update(1)
+                if cfg.log_interval and self.step % cfg.log_interval == 0:
+                    bar.set_postfix(g=f"{step_losses.g_total:.4f}", d=f"{step_losses.d_loss:.4f}",
+                                    psnr=f"{step_losses.psnr:.2f}")
+                    self._log(step_losses, clips)
+                if cfg.val_interval and self.step % cfg.val_interval == 0:
+                    self.validate()
+                    self._log_images()
+                    validated_at = self.step
+                if cfg.save_interval and self.step % cfg.save_interval == 0:
+                    self.save("latest")
+            if cfg.val_interval and validated_at != self.step and self.step > 0:
+                self.validate()
+        except KeyboardInterrupt:
+            bar.close()
+            path = self.save("latest")
+            self._print(f"interrupted at step {self.step}: saved {path}; continue with --resume=latest_{cfg.dataset}")
+            raise
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.close()
+        path = self.save("latest")
+        seconds = time.time() - start
+        self._print(f"done: {self.step} steps in {seconds:.0f} s; saved {path}"
+                    + (f"; best test micro AUC {100 * self.best_auc:.2f}% at step {self.best_step} "
+                       f"({self.checkpoint_path('g_best_auc')})" if self.best_step >= 0 else ""))
+        return TrainSummary(self.step, self.best_auc, self.best_step, self.history, seconds)
+
+
+def load_resume_state(cfg: Config, explicit: set[str]) -> tuple[Config, Optional[dict[str, Any]]]:
+    if not cfg.resume:
+        return cfg, None
+    from checkpoint import resolve_checkpoint
+    from config import config_from_dict
+
+    state = load_checkpoint(resolve_checkpoint(cfg.resume, cfg.weights_dir))
+    for key in ("generator", "discriminator", "opt_g", "sampler", "rng"):
+        if key not in state:
+            raise UserError(f"checkpoint '{cfg.resume}' has no '{key}': it cannot resume training")
+    merged = merge_resumed_config(config_from_dict(state["config"]), cfg, explicit | {"resume"})
+    return merged, state

@@ -1,0 +1,158 @@
+"""Predict every test frame, score it, and write the artifacts of an evaluation run.
+
+Used by ``eval.py`` and by the validation step of training, so both give the same numbers.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from config import Config
+from dataset import TestSet, VideoSet, iter_test_batches, n_predicted_frames, to_model_range
+from ioutil import atomic_path, atomic_write_text
+from metrics import FrameMetrics, frame_metrics, psnr
+from runtime import autocast
+
+
+@torch.inference_mode()
+def predict_psnr(generator: nn.Module, videos: VideoSet, cfg: Config, device: torch.device,
+                 amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+                 progress: bool = True) -> list[np.ndarray]:
+    """PSNR of every predicted frame (targets clip_len-1 .. T-1), one array per video, batched over frames."""
+    from tqdm import tqdm
+
+    was_training = generator.training
+    generator.eval()
+    out = [np.empty(max(0, n - cfg.clip_len + 1), dtype=np.float64) for n in videos.counts]
+    bar = tqdm(total=n_predicted_frames(videos, cfg.clip_len), desc="evaluating", unit="frame",
+               disable=not progress, leave=False)
+    for v, targets, clips in iter_test_batches(videos, cfg.clip_len, cfg.eval_batch_size):
+        x = to_model_range(clips.to(device, non_blocking=True))
+        inputs = x[:, :-1].flatten(1, 2)
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            prediction = generator(inputs)
+        out[v][targets - (cfg.clip_len - 1)] = psnr(prediction.float(), x[:, -1]).cpu().numpy()
+        bar.update(len(targets))
+    bar.close()
+    generator.train(was_training)
+    return out
+
+
+@dataclass
+class EvalResult:
+    metrics: FrameMetrics
+    psnr: list[np.ndarray]
+    scores: list[np.ndarray]
+    labels: list[np.ndarray]  # labels of the predicted frames only (the first clip_len-1 of each video dropped)
+
+    def as_dict(self) -> dict:
+        m = self.metrics
+        return {
+            "micro_auc": m.micro_auc, "macro_auc": m.macro.value, "eer": m.eer,
+            "macro_videos_used": m.macro.videos_used,
+            "macro_single_class_videos": list(m.macro.single_class_videos), "macro_rule": m.macro.rule,
+            "n_frames": m.n_frames, "n_anomalous": m.n_anomalous,
+            "mean_psnr": float(np.mean(np.concatenate(self.psnr))),
+        }
+
+
+def evaluate(generator: nn.Module, test_set: TestSet, cfg: Config, device: torch.device,
+             amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+             progress: bool = True) -> EvalResult:
+    values = predict_psnr(generator, test_set.videos, cfg, device, amp_dtype, channels_last, progress)
+    labels = [y[cfg.clip_len - 1:] for y in test_set.labels]
+    metrics, scores = frame_metrics(values, labels, cfg.macro_single_class)
+    return EvalResult(metrics, values, scores, labels)
+
+
+# --- artifacts ------------------------------------------------------------------------------------------------
+
+def summary_table(result: EvalResult, title: str) -> str:
+    d = result.as_dict()
+    excluded = len(d["macro_single_class_videos"])
+    rule = (f"{excluded} single-class videos excluded" if d["macro_rule"] == "exclude"
+            else "every video padded with one 0 and one 1")
+    rows = [
+        ("frames scored", f"{d['n_frames']} ({d['n_anomalous']} anomalous)"),
+        ("micro AUC (FFP protocol)", f"{100 * d['micro_auc']:.2f}%"),
+        ("macro AUC", f"{100 * d['macro_auc']:.2f}% over {d['macro_videos_used']} videos ({rule})"),
+        ("EER", f"{100 * d['eer']:.2f}%"),
+        ("mean PSNR", f"{d['mean_psnr']:.2f} dB"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([title] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+
+def _save_figure(figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    with atomic_path(path, suffix=".png") as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def _plot_roc(result: EvalResult, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(np.concatenate(result.labels), np.concatenate(result.scores))
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    axis.plot(fpr, tpr, label=f"micro AUC {100 * result.metrics.micro_auc:.2f}%")
+    axis.plot([0, 1], [0, 1], "--", color="grey", linewidth=0.8)
+    axis.set(xlabel="false positive rate", ylabel="true positive rate", title="frame-level ROC")
+    axis.legend(loc="lower right")
+    _save_figure(figure, path)
+
+
+def _plot_video(name: str, scores: np.ndarray, labels: np.ndarray, first_frame: int, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = np.arange(first_frame, first_frame + len(scores))
+    figure, axis = plt.subplots(figsize=(7, 2.6))
+    axis.fill_between(frames, 0, labels, step="mid", color="tab:red", alpha=0.2, label="anomalous (ground truth)")
+    axis.plot(frames, scores, color="tab:blue", label="anomaly score")
+    axis.set(xlabel="frame", ylabel="score", ylim=(-0.02, 1.02), title=f"test video {name}")
+    axis.legend(loc="upper right", fontsize=7)
+    _save_figure(figure, path)
+
+
+def write_results(folder: Path, result: EvalResult, test_set: TestSet, cfg: Config, extra: dict,
+                  plots: bool = True) -> None:
+    """metrics.json, scores.csv (one row per predicted frame), scores.npz, config.json, roc.png, video_<name>.png."""
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = {**result.as_dict(), **extra, "label_source": str(test_set.label_source)}
+    atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(folder / "config.json", cfg.to_json() + "\n")
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["video", "frame", "psnr", "anomaly_score", "label"])
+    for name, values, scores, labels in zip(test_set.videos.names, result.psnr, result.scores, result.labels):
+        for k, (p, s, y) in enumerate(zip(values, scores, labels)):
+            writer.writerow([name, k + cfg.clip_len - 1, f"{p:.4f}", f"{s:.6f}", int(y)])
+    atomic_write_text(folder / "scores.csv", rows.getvalue())
+    with atomic_path(folder / "scores.npz", suffix=".npz") as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, psnr=np.concatenate(result.psnr), score=np.concatenate(result.scores),
+                     label=np.concatenate(result.labels),
+                     video_lengths=np.array([len(s) for s in result.scores]))
+    if plots:
+        _plot_roc(result, folder / "roc.png")
+        for name, scores, labels in zip(test_set.videos.names, result.scores, result.labels):
+            _plot_video(name, scores, labels, cfg.clip_len - 1, folder / f"video_{name}.png")
+

@@ -1,0 +1,98 @@
+"""Where and how tensors run: device, autocast precision, memory format, seeds, library versions."""
+from __future__ import annotations
+
+import contextlib
+import platform
+import random
+from typing import ContextManager, Optional
+
+import numpy as np
+import torch
+
+from config import Config
+from errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device={name} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device={name} but CUDA is not available here: use --device=cpu or auto")
+    return device
+
+
+def resolve_amp(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for plain fp32.
+
+    auto: on CUDA, bf16 where the GPU supports it, else fp16 (with gradient scaling in the engine).  On the CPU,
+    fp32: bf16 autocast was measured slower than fp32 for these networks on the project's 2-core machine
+    (bench/speed.py; see README 'Speed'), and fp16 autocast on the CPU is slower still.
+    """
+    choice = cfg.amp
+    if choice == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+def use_channels_last(cfg: Config, device: torch.device) -> bool:
+    """auto: NHWC on CUDA (tensor cores want it); on the CPU only where bench/speed.py showed a gain (it did not)."""
+    if cfg.channels_last == "auto":
+        return device.type == "cuda"
+    return cfg.channels_last == "on"
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def configure_threads(cfg: Config) -> None:
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {"key": state["state"]["key"].tolist(), "pos": state["state"]["pos"],
+                  "has_gauss": state["has_gauss"], "gauss": state["gauss"]},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", np.asarray(numpy["key"], dtype=np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    found = {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": np.__version__}
+    for package in ("torchvision", "opencv-python-headless", "scikit-learn"):
+        try:
+            found[package] = md.version(package)
+        except md.PackageNotFoundError:
+            pass
+    return found

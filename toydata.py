@@ -1,0 +1,167 @@
+"""``toy``: a synthetic surveillance scene, generated on first use, so that a fresh machine runs the whole pipeline.
+
+A fixed camera looks at a textured walkway.  Normally, round "pedestrians" walk along it horizontally (either way)
+at walking speed, two to five at a time.  Test videos contain events a frame predictor should catch:
+
+- ``runner``: a pedestrian crossing at about twice the fastest walking speed;
+- ``crossing``: a pedestrian walking vertically, against the flow of the walkway;
+- ``vehicle``: an object of a kind never seen in training (a striped box) creeping along, slower than walking.
+
+A frame is anomalous while an event's object is inside it.  Everything is deterministic from ``TOY_SEED``.
+The number of pedestrians changes all the time, so how much a frame differs from the previous one (what the
+trivial copy-last-frame predictor measures) says little; an untrained network scores near chance.
+
+Written in the prepared-frames layout with an ano_pred ``toy.mat`` label file (1-based inclusive intervals).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from errors import UserError
+
+TOY_SEED = 2018
+SIZE = 64
+N_TRAIN, N_TEST, N_FRAMES = 8, 10, 160
+WALK_SPEED = (0.8, 2.0)  # pixels per frame
+EVENT_KINDS = ("runner", "crossing", "vehicle")
+
+
+@dataclass
+class Mover:
+    x: float
+    y: float
+    vx: float
+    vy: float
+    kind: str  # pedestrian, runner, crossing, vehicle
+    radius: float = 3.5
+
+    @property
+    def anomalous(self) -> bool:
+        return self.kind != "pedestrian"
+
+    def visible(self) -> bool:
+        margin = 8
+        return -margin < self.x < SIZE + margin and -margin < self.y < SIZE + margin
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    noise = rng.normal(size=(8, 8))
+    texture = cv2.resize(noise, (SIZE, SIZE), interpolation=cv2.INTER_CUBIC)
+    texture = 0.3 + 0.05 * texture / np.abs(texture).max()
+    texture[14:50, :] += 0.02  # the walkway: brighter band where pedestrians walk
+    return texture
+
+
+def _draw(frame: np.ndarray, mover: Mover, grid: tuple[np.ndarray, np.ndarray]) -> None:
+    yy, xx = grid
+    if mover.kind == "vehicle":  # an anti-aliased 9x5 box (a pedestrian's area) with stripes that move with it
+        cover = np.clip(5.0 - np.abs(xx - mover.x), 0, 1) * np.clip(3.0 - np.abs(yy - mover.y), 0, 1)
+        value = 0.75 + 0.2 * np.cos(np.pi * (xx - mover.x) / 2.0)
+    else:
+        distance = np.hypot(xx - mover.x, yy - mover.y)
+        cover = np.clip(mover.radius + 0.5 - distance, 0, 1)
+        value = 0.8
+    frame += cover * (value - frame)
+
+
+def _pedestrian(rng: np.random.Generator, at_edge: bool) -> Mover:
+    direction = rng.choice([-1.0, 1.0])
+    x = (-5.0 if direction > 0 else SIZE + 5.0) if at_edge else rng.uniform(0, SIZE)
+    return Mover(x, rng.uniform(18, 46), direction * rng.uniform(*WALK_SPEED), rng.normal(0, 0.05), "pedestrian",
+                 rng.uniform(3.0, 4.0))
+
+
+def _event(rng: np.random.Generator, kind: str) -> Mover:
+    direction = rng.choice([-1.0, 1.0])
+    start = -6.0 if direction > 0 else SIZE + 6.0
+    if kind == "runner":
+        return Mover(start, rng.uniform(18, 46), direction * rng.uniform(2.6, 3.0), 0.0, kind)
+    if kind == "crossing":
+        return Mover(rng.uniform(16, 48), start, 0.0, direction * rng.uniform(*WALK_SPEED), kind)
+    return Mover(start, rng.uniform(20, 44), direction * rng.uniform(0.5, 0.9), 0.0, kind)
+
+
+def render_video(rng: np.random.Generator, n_frames: int, events: list[tuple[int, str]],
+                 background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 frames (T, SIZE, SIZE) and 0/1 labels (T,); events are (start frame, kind)."""
+    grid = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
+    movers = [_pedestrian(rng, at_edge=False) for _ in range(rng.integers(2, 5))]
+    pending = sorted(events)
+    frames, labels = [], []
+    for t in range(n_frames):
+        if len(movers) < 5 and rng.random() < 0.06:
+            # An event due takes the place of the pedestrian who would enter now, so the number of objects in a
+            # frame follows the same law with or without events (a frame is not anomalous by being crowded).
+            due = pending and pending[0][0] <= t
+            movers.append(_event(rng, pending.pop(0)[1]) if due else _pedestrian(rng, at_edge=True))
+        frame = background.copy()
+        for mover in movers:
+            _draw(frame, mover, (grid[0], grid[1]))
+        frame += rng.normal(0, 0.01, frame.shape)
+        frames.append(np.clip(frame * 255, 0, 255).astype(np.uint8))
+        labels.append(int(any(m.anomalous and m.visible() for m in movers)))
+        for mover in movers:
+            mover.x, mover.y = mover.x + mover.vx, mover.y + mover.vy
+        movers = [m for m in movers if m.visible()]
+        if len(movers) < 2:
+            due = pending and pending[0][0] <= t
+            movers.append(_event(rng, pending.pop(0)[1]) if due else _pedestrian(rng, at_edge=True))
+    return np.stack(frames), np.asarray(labels)
+
+
+def _test_events(rng: np.random.Generator, video: int) -> list[tuple[int, str]]:
+    first = EVENT_KINDS[video % 3]
+    second = EVENT_KINDS[(video + 1 + video // 3) % 3]
+    return [(int(rng.integers(10, 35)), first), (int(rng.integers(85, 105)), second)]
+
+
+def _intervals(labels: np.ndarray) -> np.ndarray:
+    """0/1 labels -> [2 x m] 1-based inclusive intervals (the ano_pred layout)."""
+    padded = np.concatenate([[0], labels, [0]])
+    change = np.flatnonzero(np.diff(padded))
+    return np.stack([change[0::2] + 1, change[1::2]]).astype(np.float64)
+
+
+def generate(root: Path, seed: int = TOY_SEED) -> None:
+    """Write <root>/{training,testing}/frames/NN/NNN.jpg and <root>/toy.mat."""
+    import scipy.io
+
+    rng = np.random.default_rng(seed)
+    background = _background(rng)
+    gt = np.empty((1, N_TEST), dtype=object)
+    for split, count in (("training", N_TRAIN), ("testing", N_TEST)):
+        for v in range(count):
+            events = _test_events(rng, v) if split == "testing" else []
+            frames, labels = render_video(rng, N_FRAMES, events, background)
+            folder = root / split / "frames" / f"{v + 1:02d}"
+            folder.mkdir(parents=True)
+            for t, frame in enumerate(frames):
+                cv2.imwrite(str(folder / f"{t:03d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            if split == "testing":
+                gt[0, v] = _intervals(labels)
+    scipy.io.savemat(str(root / "toy.mat"), {"gt": gt})
+
+
+def ensure_toy_dataset(data_root: Path) -> Path:
+    """Generate ``<data_root>/toy`` once; built in a temporary folder and renamed, so a crash leaves nothing."""
+    target = data_root / "toy"
+    if (target / "toy.mat").exists():
+        return target
+    if target.exists():
+        raise UserError(f"{target} exists but has no toy.mat: it is not a generated toy dataset; move it away "
+                        f"or use another --data_root")
+    data_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".toy-", dir=data_root))
+    try:
+        generate(tmp)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"generated the synthetic 'toy' dataset in {target} ({N_TRAIN} training / {N_TEST} test videos)")
+    return target
