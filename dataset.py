@@ -363,6 +363,7 @@ def load_labels(source: Path, names: Sequence[str], counts: Sequence[int]) -> li
 
 @dataclass
 class TestSet:
+    __test__ = False  # not a pytest test class
     videos: VideoSet
     labels: list[np.ndarray]
     label_source: Path

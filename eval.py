@@ -18,8 +18,6 @@ EVAL_OVERRIDES = ("dataset", "data_root", "labels", "cache_dir", "device", "amp"
 
 def load_model(cfg: Config, explicit: set[str]):
     """(config, generator, run name, checkpoint description) for a checkpoint or a parameter-free baseline."""
-    import torch
-
     from checkpoint import load_checkpoint, resolve_checkpoint
     from models import build_generator, is_trainable
 
@@ -43,13 +41,13 @@ def load_model(cfg: Config, explicit: set[str]):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import torch
+    cfg, explicit = parse_args(argv, "eval.py", __doc__)
+    import torch  # loads only once the flags are known to be good
 
     from dataset import TestSet
     from evaluation import evaluate, summary_table, write_results
     from runtime import configure_threads, resolve_amp, resolve_device, use_channels_last
 
-    cfg, explicit = parse_args(argv, "eval.py", __doc__)
     cfg, generator, run, described = load_model(cfg, explicit)
     configure_threads(cfg)
     device = resolve_device(cfg.device)

@@ -8,9 +8,9 @@ from errors import run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from engine import Trainer, load_resume_state
-
     cfg, explicit = parse_args(argv, "train.py", __doc__)
+    from engine import Trainer, load_resume_state  # torch loads only once the flags are known to be good
+
     cfg, state = load_resume_state(cfg, explicit)
     trainer = Trainer(cfg, resume_from=state)
     if state is not None:

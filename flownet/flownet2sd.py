@@ -112,7 +112,9 @@ def build_flownet2sd(cfg: Config) -> nn.Module:
     path = find_weights(cfg, ["FlowNet2-SD.pth", "FlowNet2-SD_checkpoint.pth.tar"], "FlowNet2-SD", HOW_TO_GET)
     network = FlowNet2SD()
     state = load_flownet2sd_state(path)
-    missing, unexpected = network.load_state_dict(state, strict=False)
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         raise UserError(f"{path} does not match FlowNet2-SD (missing {len(missing)} keys, e.g. "
                         f"{(missing or ['-'])[0]}; unexpected {len(unexpected)}, e.g. {(unexpected or ['-'])[0]})")
