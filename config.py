@@ -37,7 +37,7 @@ class Config:
     model: str = "ffp"  # generator registry name (models/__init__.py)
     base_channels: int = 64  # width of the first U-Net stage (64 in the paper)
     discriminator: str = "pixel"  # discriminator registry name
-    flownet: str = "none"  # flow registry name (flownet/__init__.py): flownet2sd, none
+    flownet: str = "none"  # flow estimator (flownet/__init__.py): auto, flownet2sd, spynet, lucaskanade, none
     flownet_weights: str = ""  # weights file of the flow network; empty = the usual places in weights/
     # --- optimisation -----------------------------------------------------------------------------------------
     iters: int = 80000

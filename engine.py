@@ -25,7 +25,7 @@ from config import Config
 from dataset import ClipSampler, TestSet, TrainClips, VideoSet, to_model_range
 from errors import UserError
 from evaluation import evaluate
-from flownet import build_flownet
+from flownet import build_flownet, resolve_flownet_name
 from models import build_discriminator, build_generator, is_trainable
 from runtime import (autocast, configure_threads, resolve_amp, resolve_device, rng_state, seed_everything,
                      set_rng_state, use_channels_last, versions)
@@ -69,6 +69,7 @@ class TrainSummary:
 
 class Trainer:
     def __init__(self, cfg: Config, resume_from: Optional[dict[str, Any]] = None, progress: bool = True):
+        cfg = cfg.replace(flownet=resolve_flownet_name(cfg))  # 'auto' is recorded as what it resolved to
         self.cfg, self.progress = cfg, progress
         configure_threads(cfg)
         seed_everything(cfg.manualseed)

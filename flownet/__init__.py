@@ -1,4 +1,8 @@
-"""Frozen optical-flow networks for the FFP flow loss, registered by name (``--flownet=flownet2sd|none``).
+"""Frozen optical-flow estimators for the FFP flow loss, registered by name.
+
+``--flownet=flownet2sd`` (FFP's network; weights file needed), ``spynet`` (converted from the authors' .t7 files),
+``lucaskanade`` (weight-free), ``none`` (no flow loss), or ``auto``: the first of flownet2sd, spynet whose weights
+are present, else lucaskanade, said loudly and recorded in the run's config.
 
 One interface for every estimator: ``flow(frames)`` with frames (B, 3, 2, H, W) RGB in [-1, 1] (frame 0 -> frame 1
 on dim 2) returns (B, 2, H, W) flow in pixels of the input, x then y.  Estimators are frozen (eval mode, no
@@ -39,21 +43,49 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def find_weights(cfg: Config, candidates: list[str], name: str, how_to_get: str) -> Path:
+# The files each weighted estimator looks for in --weights_dir (first found wins).
+WEIGHT_FILES = {
+    "flownet2sd": ["FlowNet2-SD.pth", "FlowNet2-SD_checkpoint.pth.tar"],
+    "spynet": ["spynet_sintel-final.pth"],
+}
+AUTO_ORDER = ("flownet2sd", "spynet")
+WEIGHT_FREE_DEFAULT = "lucaskanade"
+
+
+def resolve_flownet_name(cfg: Config) -> str:
+    """The estimator ``auto`` stands for on this machine (other names are returned as they are)."""
+    if cfg.flownet != "auto":
+        return cfg.flownet
+    if cfg.flownet_weights:
+        raise UserError("--flownet=auto with --flownet_weights: name the network the file belongs to "
+                        "(--flownet=flownet2sd or --flownet=spynet)")
+    for name in AUTO_ORDER:
+        if any((Path(cfg.weights_dir) / f).is_file() for f in WEIGHT_FILES[name]):
+            print(f"flow: --flownet=auto uses {name} (weights found in {cfg.weights_dir}/)")
+            return name
+    print(f"NOTE: --flownet=auto found no FlowNet2-SD or SPyNet weights in {cfg.weights_dir}/: the flow loss uses "
+          f"the weight-free estimator --flownet={WEIGHT_FREE_DEFAULT} (see README 'Optical flow')")
+    return WEIGHT_FREE_DEFAULT
+
+
+def find_weights(cfg: Config, name: str, label: str, how_to_get: str) -> Path:
+    candidates = WEIGHT_FILES[name]
     paths = [Path(cfg.flownet_weights)] if cfg.flownet_weights else [Path(cfg.weights_dir) / c for c in candidates]
     for path in paths:
         if path.is_file():
             return path
     looked = ", ".join(str(p) for p in paths)
-    raise UserError(f"{name} weights not found (looked for {looked}): {how_to_get}; "
+    raise UserError(f"{label} weights not found (looked for {looked}): {how_to_get}; "
                     f"or train without the flow loss with --flownet=none")
 
 
 def build_flownet(cfg: Config) -> Optional[nn.Module]:
+    """The frozen estimator named by ``cfg.flownet`` (resolve ``auto`` first with :func:`resolve_flownet_name`)."""
     if cfg.flownet not in FLOWNETS:
-        raise UserError(f"unknown --flownet '{cfg.flownet}': valid names are {', '.join(sorted(FLOWNETS))}")
+        valid = ", ".join(sorted(FLOWNETS) + ["auto"])
+        raise UserError(f"unknown --flownet '{cfg.flownet}': valid names are {valid}")
     network = FLOWNETS[cfg.flownet](cfg)
     return None if network is None else freeze(network)
 
 
-from flownet import flownet2sd  # noqa: E402,F401  (registration side effects)
+from flownet import flownet2sd, lucaskanade, spynet  # noqa: E402,F401  (registration side effects)

@@ -109,7 +109,7 @@ def load_flownet2sd_state(path) -> dict:
 
 @register_flownet("flownet2sd")
 def build_flownet2sd(cfg: Config) -> nn.Module:
-    path = find_weights(cfg, ["FlowNet2-SD.pth", "FlowNet2-SD_checkpoint.pth.tar"], "FlowNet2-SD", HOW_TO_GET)
+    path = find_weights(cfg, "flownet2sd", "FlowNet2-SD", HOW_TO_GET)
     network = FlowNet2SD()
     state = load_flownet2sd_state(path)
     expected = network.state_dict()

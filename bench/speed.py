@@ -1,0 +1,153 @@
+"""Training-step time, evaluation throughput and peak memory of FFP, against a plain path in the same run.
+
+    python bench/speed.py --img_size=256 --batch_size=4 --base_channels=64 --flownet=flownet2sd
+
+Variants (each on synthetic frames, after warm-up, median of --repeats timed steps):
+- plain:    fp32, NCHW, the ground-truth flow recomputed every step, evaluation one frame at a time;
+- fp32:     fp32, NCHW, ground-truth flow cached per clip, evaluation batched (--eval_batch_size);
+- bf16:     as fp32 with bf16 autocast;
+- nhwc:     as fp32 with channels_last;
+- bf16nhwc: both;
+Ratios are against plain.  Peak memory is the process's peak RSS after each variant (monotone, so the order of
+variants matters: plain runs first).  With --flownet=flownet2sd and no weights file, a randomly initialised
+FlowNet2-SD is timed (the cost does not depend on the values); that is said in the output.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import losses  # noqa: E402
+from config import preset  # noqa: E402
+from flownet.flownet2sd import FlowNet2SD  # noqa: E402
+from flownet import freeze  # noqa: E402
+from metrics import psnr  # noqa: E402
+from models import build_discriminator, build_generator  # noqa: E402
+from runtime import autocast  # noqa: E402
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def make_step(G, D, flow, opt_g, opt_d, amp, channels_last, cache_gt_flow):
+    cache: dict[int, torch.Tensor] = {}
+
+    def step(clip_id: int, x: torch.Tensor) -> None:
+        inputs, target, last = x[:, :-1].flatten(1, 2), x[:, -1], x[:, -2]
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+            target = target.contiguous(memory_format=torch.channels_last)
+        device = torch.device("cpu")
+        with autocast(device, amp):
+            prediction = G(inputs).float()
+            d_loss = losses.discriminator_loss(D(target).float(), D(prediction.detach()).float())
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+        D.requires_grad_(False)
+        with autocast(device, amp):
+            g = losses.intensity_loss(prediction, target) + losses.gradient_loss(prediction, target)
+            g = g + 0.05 * losses.generator_adversarial_loss(D(prediction).float())
+            if flow is not None:
+                if cache_gt_flow and clip_id in cache:
+                    gt = cache[clip_id]
+                else:
+                    with torch.no_grad():
+                        gt = flow(torch.stack([last, target], 2)).float()
+                    if cache_gt_flow:
+                        cache[clip_id] = gt.half().float()
+                g = g + 2 * losses.flow_loss(flow(torch.stack([last, prediction], 2)).float(), gt)
+        opt_g.zero_grad()
+        g.backward()
+        opt_g.step()
+        D.requires_grad_(True)
+    return step
+
+
+@torch.inference_mode()
+def eval_fps(G, size: int, n_frames: int, batch: int, amp, channels_last: bool) -> float:
+    G.eval()
+    frames = torch.rand(n_frames + 4, 3, size, size) * 2 - 1
+    start = time.perf_counter()
+    for lo in range(0, n_frames, batch):
+        idx = torch.arange(lo, min(lo + batch, n_frames))
+        clips = torch.stack([frames[i:i + 5] for i in idx])
+        inputs = clips[:, :-1].flatten(1, 2)
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with autocast(torch.device("cpu"), amp):
+            psnr(G(inputs).float(), clips[:, -1])
+    G.train()
+    return n_frames / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--img_size", type=int, default=256)
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--base_channels", type=int, default=64)
+    parser.add_argument("--flownet", default="none", choices=["none", "flownet2sd"])
+    parser.add_argument("--flownet_weights", default="weights/FlowNet2-SD.pth")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--eval_frames", type=int, default=32)
+    parser.add_argument("--eval_batch_size", type=int, default=16)
+    parser.add_argument("--variants", default="plain,fp32,bf16,nhwc,bf16nhwc")
+    args = parser.parse_args()
+
+    cfg = preset("ped2").replace(img_size=args.img_size, base_channels=args.base_channels)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.img_size}x{args.img_size}, "
+          f"batch {args.batch_size}, base width {args.base_channels}, flow {args.flownet}")
+    flow = None
+    if args.flownet == "flownet2sd":
+        flow = FlowNet2SD()
+        if Path(args.flownet_weights).is_file():
+            from flownet.flownet2sd import load_flownet2sd_state
+            flow.load_state_dict(load_flownet2sd_state(args.flownet_weights))
+        else:
+            print(f"note: {args.flownet_weights} not found: timing a randomly initialised FlowNet2-SD")
+        flow = freeze(flow)
+
+    rows = []
+    for variant in args.variants.split(","):
+        torch.manual_seed(0)
+        amp = torch.bfloat16 if "bf16" in variant else None
+        nhwc = "nhwc" in variant
+        fmt = torch.channels_last if nhwc else torch.contiguous_format
+        G = build_generator(cfg).to(memory_format=fmt)
+        D = build_discriminator(cfg).to(memory_format=fmt)
+        step = make_step(G, D, flow, torch.optim.Adam(G.parameters(), 1e-4), torch.optim.Adam(D.parameters(), 1e-5),
+                         amp, nhwc, cache_gt_flow=variant != "plain")
+        # Clips repeat (as they do across epochs), so the cached variants reuse their ground-truth flow.
+        clips = [torch.rand(args.batch_size, 5, 3, args.img_size, args.img_size) * 2 - 1 for _ in range(2)]
+        for k in range(2):
+            step(k % 2, clips[k % 2])
+        times = []
+        for k in range(args.repeats):
+            start = time.perf_counter()
+            step(k % 2, clips[k % 2])
+            times.append(time.perf_counter() - start)
+        batch = 1 if variant == "plain" else args.eval_batch_size
+        eval_fps(G, args.img_size, batch, batch, amp, nhwc)  # warm-up at the timed batch shape
+        fps = eval_fps(G, args.img_size, args.eval_frames, batch, amp, nhwc)
+        rows.append((variant, statistics.median(times), fps, peak_rss_gib()))
+        print(f"  {variant:6s} {rows[-1][1]:.3f} s/step  {fps:.1f} eval frames/s  peak RSS {rows[-1][3]:.2f} GiB",
+              flush=True)
+
+    base_step, base_fps = rows[0][1], rows[0][2]
+    print(f"\n| variant | s/step | train x | eval frames/s | eval x | peak RSS GiB |\n|---|---|---|---|---|---|")
+    for variant, seconds, fps, rss in rows:
+        print(f"| {variant} | {seconds:.3f} | {base_step / seconds:.2f} | {fps:.1f} | {fps / base_fps:.2f} | "
+              f"{rss:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
