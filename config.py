@@ -57,6 +57,7 @@ class Config:
     log_interval: int = 20
     resume: str = ""  # checkpoint name in weights/ (latest_ped2) or a path: continue that run exactly
     trained_model: str = ""  # eval.py: checkpoint name in weights/ (g_best_auc_ped2) or a path
+    pretrained: str = ""  # train.py: initialise G and D from this checkpoint (another dataset), fresh optimizers
     weights_dir: str = "weights"
     results_dir: str = "results"
     log_dir: str = "tensorboard_log"

@@ -105,6 +105,8 @@ class Trainer:
         self.history: list[StepLosses] = []
         if resume_from is not None:
             self._restore(resume_from)
+        elif cfg.pretrained:
+            self._initialise_from(cfg.pretrained)
         self.run_dir = Path(cfg.log_dir) / f"{cfg.dataset}_bs{cfg.batch_size}"
         self.writer = None
 
@@ -136,6 +138,31 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.step, self.best_auc, self.best_step = state["step"], state["best_auc"], state["best_step"]
+
+    def _initialise_from(self, name: str) -> None:
+        """Transfer learning: the networks of another run (any dataset), with fresh optimizers and step 0."""
+        from checkpoint import resolve_checkpoint
+
+        path = resolve_checkpoint(name, self.cfg.weights_dir)
+        state = load_checkpoint(path)
+        source = state.get("config", {})
+        if source.get("model") != self.cfg.model:
+            raise UserError(f"--pretrained={name} holds a '{source.get('model')}' generator but --model="
+                            f"{self.cfg.model}: pretrain with the same architecture")
+        for label, network, key in (("generator", self.generator, "generator"),
+                                    ("discriminator", self.discriminator, "discriminator")):
+            own = network.state_dict()
+            theirs = state.get(key, {})
+            mismatched = [k for k in own if k not in theirs or tuple(theirs[k].shape) != tuple(own[k].shape)]
+            if mismatched:
+                shapes = ", ".join(f"{k} {tuple(own[k].shape)} vs "
+                                   f"{tuple(theirs[k].shape) if k in theirs else 'missing'}" for k in mismatched[:3])
+                raise UserError(f"--pretrained={name}: {len(mismatched)} {label} layers do not match this "
+                                f"configuration ({shapes}{', ...' if len(mismatched) > 3 else ''}): use the same "
+                                f"--model, --base_channels and --clip_len")
+            network.load_state_dict(theirs)
+        print(f"initialised generator and discriminator from {path} (trained on {source.get('dataset')} for "
+              f"{state.get('step')} steps); optimizers and step start fresh")
 
     def checkpoint_path(self, kind: str) -> Path:
         return Path(self.cfg.weights_dir) / f"{kind}_{self.cfg.dataset}.pth"

@@ -9,8 +9,8 @@ Variants (each on synthetic frames, after warm-up, median of --repeats timed ste
 - nhwc:     as fp32 with channels_last;
 - bf16nhwc: both;
 Ratios are against plain.  Peak memory is the process's peak RSS after each variant (monotone, so the order of
-variants matters: plain runs first).  With --flownet=flownet2sd and no weights file, a randomly initialised
-FlowNet2-SD is timed (the cost does not depend on the values); that is said in the output.
+variants matters: plain runs first).  --flownet picks the flow estimator from the registry; with flownet2sd and no
+weights file, a randomly initialised FlowNet2-SD is timed (the cost does not depend on the values), and it says so.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import losses  # noqa: E402
 from config import preset  # noqa: E402
 from flownet.flownet2sd import FlowNet2SD  # noqa: E402
-from flownet import freeze  # noqa: E402
+from flownet import build_flownet, freeze  # noqa: E402
+from errors import UserError  # noqa: E402
 from metrics import psnr  # noqa: E402
 from models import build_discriminator, build_generator  # noqa: E402
 from runtime import autocast  # noqa: E402
@@ -95,8 +96,8 @@ def main() -> None:
     parser.add_argument("--img_size", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--base_channels", type=int, default=64)
-    parser.add_argument("--flownet", default="none", choices=["none", "flownet2sd"])
-    parser.add_argument("--flownet_weights", default="weights/FlowNet2-SD.pth")
+    parser.add_argument("--flownet", default="none", choices=["none", "flownet2sd", "spynet", "lucaskanade"])
+    parser.add_argument("--weights_dir", default="weights")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--eval_frames", type=int, default=32)
     parser.add_argument("--eval_batch_size", type=int, default=16)
@@ -107,14 +108,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.img_size}x{args.img_size}, "
           f"batch {args.batch_size}, base width {args.base_channels}, flow {args.flownet}")
     flow = None
-    if args.flownet == "flownet2sd":
-        flow = FlowNet2SD()
-        if Path(args.flownet_weights).is_file():
-            from flownet.flownet2sd import load_flownet2sd_state
-            flow.load_state_dict(load_flownet2sd_state(args.flownet_weights))
-        else:
-            print(f"note: {args.flownet_weights} not found: timing a randomly initialised FlowNet2-SD")
-        flow = freeze(flow)
+    if args.flownet != "none":
+        try:
+            flow = build_flownet(cfg.replace(flownet=args.flownet, weights_dir=args.weights_dir))
+        except UserError:
+            if args.flownet != "flownet2sd":
+                raise
+            print("note: no FlowNet2-SD weights: timing a randomly initialised FlowNet2-SD (same cost)")
+            flow = freeze(FlowNet2SD())
 
     rows = []
     for variant in args.variants.split(","):

@@ -68,7 +68,10 @@ class PyramidLucasKanade(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, 3, 2, H, W) RGB in [-1, 1] -> (B, 2, H, W) flow frame 0 -> frame 1, in pixels."""
-        grey = (frames.float().mean(dim=1) + 1.0) / 2.0
+        with torch.autocast(frames.device.type, enabled=False):  # the 2x2 solves need fp32, not bf16/fp16
+            return self._estimate((frames.float().mean(dim=1) + 1.0) / 2.0)
+
+    def _estimate(self, grey: torch.Tensor) -> torch.Tensor:
         pyramid = [(grey[:, 0:1], grey[:, 1:2])]
         while min(pyramid[0][0].shape[-2:]) // 2 >= self.min_side:
             pyramid.insert(0, (F.avg_pool2d(pyramid[0][0], 2), F.avg_pool2d(pyramid[0][1], 2)))

@@ -53,4 +53,4 @@ def is_trainable(model: nn.Module) -> bool:
     return any(p.requires_grad for p in model.parameters())
 
 
-from models import baselines, discriminator, ffp  # noqa: E402,F401  (registration side effects)
+from models import baselines, discriminator, ffp, stemgan  # noqa: E402,F401  (registration side effects)
