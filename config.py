@@ -66,7 +66,7 @@ class Config:
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:1
     amp: str = "auto"  # auto, off, bf16, fp16: autocast precision (auto: see engine.resolve_amp)
     channels_last: str = "auto"  # auto, on, off: NHWC memory format for the convolutions
-    eval_batch_size: int = 16
+    eval_batch_size: int = 0  # frames per evaluation batch; 0 = 4 on the CPU (fastest in bench/speed.py), 32 on CUDA
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     # --- evaluation -------------------------------------------------------------------------------------------
     macro_single_class: str = "exclude"  # exclude | pad: how videos with one class enter the macro AUC
@@ -170,7 +170,9 @@ def validate(cfg: Config) -> None:
     for name, choices in _CHOICES.items():
         if getattr(cfg, name) not in choices:
             raise UserError(f"--{name}={getattr(cfg, name)} is not valid: choose one of {', '.join(choices)}")
-    for name in ("img_size", "batch_size", "iters", "eval_batch_size", "base_channels"):
+    if cfg.eval_batch_size < 0:
+        raise UserError(f"--eval_batch_size must be >= 0 (0 = automatic), got {cfg.eval_batch_size}")
+    for name in ("img_size", "batch_size", "iters", "base_channels"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be a positive integer, got {getattr(cfg, name)}")
     if cfg.clip_len < 2:

@@ -180,7 +180,7 @@ class Trainer:
                 flow = self.flownet(torch.stack([last[missing], target[missing]], dim=2)).float()
             for i, f in zip(missing, flow):
                 self.gt_flow[int(clip_ids[i])] = f.to("cpu", torch.float16)
-        return torch.stack([self.gt_flow[int(c)] for c in clip_ids]).to(self.device, torch.float32)
+        return torch.stack([self.gt_flow[int(c)].float() for c in clip_ids]).to(self.device)
 
     def train_step(self, clip_ids, clips_uint8: torch.Tensor) -> StepLosses:
         cfg, G, D = self.cfg, self.generator, self.discriminator
@@ -201,6 +201,7 @@ class Trainer:
         self.scaler_d.update()
 
         # G step with D frozen: G's backward passes through D without touching D's gradients.
+        flow_target = self._ground_truth_flow(clip_ids, last, target) if self.flownet is not None else None
         D.requires_grad_(False)
         try:
             with autocast(self.device, self.amp_dtype):
@@ -208,7 +209,7 @@ class Trainer:
                 g_flow = torch.zeros((), device=self.device)
                 if self.flownet is not None:
                     flow_pred = self.flownet(torch.stack([last, prediction], dim=2)).float()
-                    g_flow = losses.flow_loss(flow_pred, self._ground_truth_flow(clip_ids, last, target))
+                    g_flow = losses.flow_loss(flow_pred, flow_target)
             g_int = losses.intensity_loss(prediction, target)
             g_grad = losses.gradient_loss(prediction, target)
             g_total = cfg.lam_int * g_int + cfg.lam_grad * g_grad + cfg.lam_adv * g_adv

@@ -37,7 +37,9 @@ def load_model(cfg: Config, explicit: set[str]):
     except (RuntimeError, KeyError) as exc:
         raise UserError(f"{path}: generator weights do not match --model={cfg.model} ({exc})") from None
     step = state.get("step", "?")
-    return cfg, generator, Path(path).stem, f"{path} (step {step}, trained on {stored.dataset})"
+    path = Path(path)
+    run = path.stem if path.parent.name == "weights" else f"{path.parent.name}_{path.stem}"
+    return cfg, generator, run, f"{path} (step {step}, trained on {stored.dataset})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,7 +34,8 @@ def predict_psnr(generator: nn.Module, videos: VideoSet, cfg: Config, device: to
     out = [np.empty(max(0, n - cfg.clip_len + 1), dtype=np.float64) for n in videos.counts]
     bar = tqdm(total=n_predicted_frames(videos, cfg.clip_len), desc="evaluating", unit="frame",
                disable=not progress, leave=False)
-    for v, targets, clips in iter_test_batches(videos, cfg.clip_len, cfg.eval_batch_size):
+    batch_size = cfg.eval_batch_size or (32 if device.type == "cuda" else 4)
+    for v, targets, clips in iter_test_batches(videos, cfg.clip_len, batch_size):
         x = to_model_range(clips.to(device, non_blocking=True))
         inputs = x[:, :-1].flatten(1, 2)
         if channels_last:
