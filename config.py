@@ -50,6 +50,7 @@ class Config:
     lam_grad: float = 1.0
     lam_flow: float = 2.0
     lam_adv: float = 0.05
+    flow_loss_scale: float = 20.0  # flows enter the flow loss divided by this (FlowNet's native output unit)
     manualseed: int = 50
     # --- run control ------------------------------------------------------------------------------------------
     save_interval: int = 10000

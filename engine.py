@@ -209,7 +209,7 @@ class Trainer:
                 g_flow = torch.zeros((), device=self.device)
                 if self.flownet is not None:
                     flow_pred = self.flownet(torch.stack([last, prediction], dim=2)).float()
-                    g_flow = losses.flow_loss(flow_pred, flow_target)
+                    g_flow = losses.flow_loss(flow_pred, flow_target) / cfg.flow_loss_scale
             g_int = losses.intensity_loss(prediction, target)
             g_grad = losses.gradient_loss(prediction, target)
             g_total = cfg.lam_int * g_int + cfg.lam_grad * g_grad + cfg.lam_adv * g_adv

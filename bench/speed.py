@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--img_size", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--base_channels", type=int, default=64)
+    parser.add_argument("--model", default="ffp", help="generator registry name (ffp, stemgan, ...)")
     parser.add_argument("--flownet", default="none", choices=["none", "flownet2sd", "spynet", "lucaskanade"])
     parser.add_argument("--weights_dir", default="weights")
     parser.add_argument("--repeats", type=int, default=5)
@@ -104,9 +105,10 @@ def main() -> None:
     parser.add_argument("--variants", default="plain,fp32,bf16,nhwc,bf16nhwc")
     args = parser.parse_args()
 
-    cfg = preset("ped2").replace(img_size=args.img_size, base_channels=args.base_channels)
+    cfg = preset("ped2").replace(img_size=args.img_size, base_channels=args.base_channels, model=args.model)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.img_size}x{args.img_size}, "
-          f"batch {args.batch_size}, base width {args.base_channels}, flow {args.flownet}")
+          f"batch {args.batch_size}, {args.model} base width {args.base_channels}, flow {args.flownet}; "
+          f"{sum(p.numel() for p in build_generator(cfg).parameters()):,} generator parameters")
     flow = None
     if args.flownet != "none":
         try:
