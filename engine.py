@@ -246,7 +246,7 @@ class Trainer:
         from tqdm import tqdm
         tqdm.write(message)
 
-    def _log(self, losses_: StepLosses, clips_uint8: torch.Tensor) -> None:
+    def _log(self, losses_: StepLosses) -> None:
         if self.writer is None:
             return
         for name, value in losses_.as_dict().items():
@@ -299,7 +299,7 @@ class Trainer:
                 if cfg.log_interval and self.step % cfg.log_interval == 0:
                     bar.set_postfix(g=f"{step_losses.g_total:.4f}", d=f"{step_losses.d_loss:.4f}",
                                     psnr=f"{step_losses.psnr:.2f}")
-                    self._log(step_losses, clips)
+                    self._log(step_losses)
                 if cfg.val_interval and self.step % cfg.val_interval == 0:
                     self.validate()
                     self._log_images()

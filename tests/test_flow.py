@@ -118,7 +118,7 @@ def test_pretrained_spynet_recovers_a_3_pixel_shift(tmp_path):
 
 def test_auto_prefers_weights_that_exist_and_says_so_loudly(tmp_path, capsys):
     cfg = CFG.replace(flownet="auto", weights_dir=str(tmp_path))
-    assert resolve_flownet_name(cfg) == "lucaskanade"
+    assert resolve_flownet_name(cfg) == "none"
     assert "NOTE: --flownet=auto found no FlowNet2-SD or SPyNet weights" in capsys.readouterr().out
     spynet_file(tmp_path)
     assert resolve_flownet_name(cfg) == "spynet"
@@ -127,7 +127,10 @@ def test_auto_prefers_weights_that_exist_and_says_so_loudly(tmp_path, capsys):
     assert resolve_flownet_name(cfg.replace(flownet="none")) == "none"
 
 
-def test_auto_is_recorded_as_what_it_resolved_to(small_cfg):
+def test_auto_is_recorded_as_what_it_resolved_to(small_cfg, tmp_path):
     from engine import Trainer
     trainer = Trainer(small_cfg.replace(flownet="auto"), progress=False)
-    assert trainer.cfg.flownet == "lucaskanade" and trainer.state()["config"]["flownet"] == "lucaskanade"
+    assert trainer.cfg.flownet == "none" and trainer.state()["config"]["flownet"] == "none"
+    spynet_file(tmp_path)
+    trainer = Trainer(small_cfg.replace(flownet="auto", weights_dir=str(tmp_path)), progress=False)
+    assert trainer.cfg.flownet == "spynet" and trainer.flownet is not None
