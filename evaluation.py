@@ -94,8 +94,16 @@ def summary_table(result: EvalResult, title: str) -> str:
     return "\n".join([title] + [f"  {k:<{width}}  {v}" for k, v in rows])
 
 
-def _save_figure(figure, path: Path) -> None:
+def _pyplot():
+    """matplotlib's pyplot on the headless Agg backend (no display on servers)."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _save_figure(figure, path: Path) -> None:
+    plt = _pyplot()
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -105,11 +113,9 @@ def _save_figure(figure, path: Path) -> None:
 
 
 def _plot_roc(result: EvalResult, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
+    plt = _pyplot()
     fpr, tpr, _ = roc_curve(np.concatenate(result.labels), np.concatenate(result.scores))
     figure, axis = plt.subplots(figsize=(4.5, 4.5))
     axis.plot(fpr, tpr, label=f"micro AUC {100 * result.metrics.micro_auc:.2f}%")
@@ -120,10 +126,7 @@ def _plot_roc(result: EvalResult, path: Path) -> None:
 
 
 def _plot_video(name: str, scores: np.ndarray, labels: np.ndarray, first_frame: int, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     frames = np.arange(first_frame, first_frame + len(scores))
     figure, axis = plt.subplots(figsize=(7, 2.6))
     axis.fill_between(frames, 0, labels, step="mid", color="tab:red", alpha=0.2, label="anomalous (ground truth)")

@@ -16,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from config import Config
@@ -35,6 +37,13 @@ def register_flownet(name: str) -> Callable[[Builder], Builder]:
 @register_flownet("none")
 def _no_flow(cfg: Config) -> None:
     return None
+
+
+def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a (B, 2, h, w) pixel flow to ``size``, its x and y values rescaled to the new pixels."""
+    h, w = size
+    scale = torch.tensor([w / flow.shape[-1], h / flow.shape[-2]], device=flow.device, dtype=flow.dtype)
+    return F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False) * scale.view(1, 2, 1, 1)
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -15,7 +15,7 @@ from torch import nn
 
 from config import Config
 from errors import UserError
-from flownet import find_weights, register_flownet
+from flownet import find_weights, register_flownet, resize_flow
 
 DIV_FLOW = 20.0
 HOW_TO_GET = ("download FlowNet2-SD_checkpoint.pth.tar (linked from the README of NVIDIA/flownet2-pytorch), "
@@ -91,9 +91,7 @@ class FlowNet2SD(nn.Module):
         if (H, W) == (h, w):
             return self.forward_raw(pair)
         resized = F.interpolate(pair.reshape(b, c * t, h, w), size=(H, W), mode="bilinear", align_corners=False)
-        flow = self.forward_raw(resized.reshape(b, c, t, H, W))
-        flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
-        return flow * torch.tensor([w / W, h / H], device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
+        return resize_flow(self.forward_raw(resized.reshape(b, c, t, H, W)), (h, w))
 
 
 def load_flownet2sd_state(path) -> dict:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from config import Config
-from flownet import register_flownet
+from flownet import register_flownet, resize_flow
 from flownet.spynet import backward_warp
 
 
@@ -79,9 +79,7 @@ class PyramidLucasKanade(nn.Module):
         flow = first.new_zeros(first.shape[0], 2, *first.shape[-2:])
         for level, (first, second) in enumerate(pyramid):
             if level:
-                h, w = first.shape[-2:]
-                scale = torch.tensor([w / flow.shape[-1], h / flow.shape[-2]], device=flow.device).view(1, 2, 1, 1)
-                flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False) * scale
+                flow = resize_flow(flow, first.shape[-2:])
             flow = self._refine(first, second, flow)
         return flow
 

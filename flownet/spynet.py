@@ -21,7 +21,7 @@ from torch import nn
 
 from config import Config
 from errors import UserError
-from flownet import find_weights, register_flownet
+from flownet import find_weights, register_flownet, resize_flow
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -91,8 +91,7 @@ class SpyNet(nn.Module):
             return self.forward_raw(first, second)
         first = F.interpolate(first, size=(H, W), mode="bilinear", align_corners=False)
         second = F.interpolate(second, size=(H, W), mode="bilinear", align_corners=False)
-        flow = F.interpolate(self.forward_raw(first, second), size=(h, w), mode="bilinear", align_corners=False)
-        return flow * torch.tensor([w / W, h / H], device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
+        return resize_flow(self.forward_raw(first, second), (h, w))
 
 
 def load_spynet(path: Path) -> SpyNet:
