@@ -27,7 +27,7 @@ DATASET_ALIASES = {"shanghaitech": "shanghai"}
 @dataclass(frozen=True)
 class Config:
     # --- data -------------------------------------------------------------------------------------------------
-    dataset: str = "toy"  # a preset name: toy, ped2, avenue, shanghai (alias shanghaitech)
+    dataset: str = "toy"  # a preset name: toy, ped1, ped2, avenue, shanghai (alias shanghaitech), custom
     data_root: str = "data"  # folder holding <dataset>/{training,testing}/frames/<video>/<frame>.jpg
     labels: str = ""  # label file or folder; empty = look beside the dataset (see dataset.find_label_source)
     cache_dir: str = "cache"  # decoded, resized uint8 frames are kept here (one .npy per video)
@@ -52,10 +52,14 @@ class Config:
     lam_adv: float = 0.05
     flow_loss_scale: float = 20.0  # flows enter the flow loss divided by this (FlowNet's native output unit)
     manualseed: int = 50
+    ema: float = 0.0  # decay of an exponential moving average of G's weights, which validation, checkpoints and
+    #                   eval.py then use (0 = off; 0.999 averages over about the last 1,000 steps)
     # --- run control ------------------------------------------------------------------------------------------
     save_interval: int = 10000
     val_interval: int = 1000
     log_interval: int = 20
+    val_holdout: int = 0  # training videos (the last N by name) kept out of training; every validation scores
+    #                       their mean PSNR and keeps weights/g_best_val_<dataset>.pth: selection without test labels
     resume: str = ""  # checkpoint name in weights/ (latest_ped2) or a path: continue that run exactly
     trained_model: str = ""  # eval.py: checkpoint name in weights/ (g_best_auc_ped2) or a path
     pretrained: str = ""  # train.py: initialise G and D from this checkpoint (another dataset), fresh optimizers
@@ -93,6 +97,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ped2": dict(_GREY, flownet="auto", lr_decay_step=7000, iters=80000),
     "avenue": dict(_COLOUR, flownet="auto", lr_decay_step=100000, iters=80000, lam_int=0.001),
     "shanghai": dict(_COLOUR, flownet="auto", lr_decay_step=50000, iters=80000),
+    # Ped1 (tools/prepare_data.py prepares it): the authors published no Ped1 schedule; Ped2's grey settings.
+    "ped1": dict(_GREY, flownet="auto", lr_decay_step=7000, iters=80000),
+    # A user's own footage (tools/prepare_data.py custom --src <folder>): ShanghaiTech's colour settings.
+    "custom": dict(_COLOUR, flownet="auto", lr_decay_step=50000, iters=80000),
     # Synthetic data (toydata.py): small frames and a narrower U-Net so the whole pipeline runs in minutes on a
     # CPU.  It trains without the flow loss: no flow network here needs no downloaded weights.
     "toy": dict(
@@ -178,6 +186,10 @@ def validate(cfg: Config) -> None:
     for name in ("img_size", "batch_size", "iters", "base_channels"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be a positive integer, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise UserError(f"--ema must be in [0, 1) (0 = off, e.g. 0.999), got {cfg.ema}")
+    if cfg.val_holdout < 0:
+        raise UserError(f"--val_holdout must be >= 0 (0 = off), got {cfg.val_holdout}")
     if cfg.clip_len < 2:
         raise UserError(f"--clip_len must be at least 2 (inputs + 1 target), got {cfg.clip_len}")
     if cfg.img_size % 8:

@@ -313,13 +313,14 @@ def labels_from_ucsd_gt_masks(test_dir: Path, counts: Sequence[int]) -> list[np.
     """Official UCSD pixel masks ``Test0NN_gt/*.bmp``: a frame is anomalous when its mask has a non-zero pixel."""
     folders = sorted(p for p in test_dir.iterdir() if p.is_dir() and re.fullmatch(r"Test\d+_gt", p.name))
     _check_count("mask folders", test_dir, len(folders), len(counts))
+    from preparation import read_ucsd_gt_mask_folder  # one reader of the masks (handles frame001.bmp naming)
+
     labels = []
     for folder, n in zip(folders, counts):
-        masks = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".bmp" and not p.name.startswith(".")),
-                       key=_natural_key)
+        masks = read_ucsd_gt_mask_folder(folder)
         if len(masks) != n:
             raise UserError(f"{folder} has {len(masks)} masks but its test video has {n} frames")
-        labels.append(np.array([int(cv2.imread(str(m), cv2.IMREAD_GRAYSCALE).any()) for m in masks]))
+        labels.append(masks.reshape(len(masks), -1).any(axis=1).astype(np.int64))
     return labels
 
 

@@ -6,7 +6,11 @@ so G's step leaves D's gradients untouched) on lam_int*L_int + lam_grad*L_gd + l
 Both learning rates drop by ``lr_decay_gamma`` at ``lr_decay_step`` (the authors' piecewise-constant schedule).
 
 Ours: the flow of the ground-truth pair (last input frame -> target) is computed once per training clip and kept
-(fp16, on the CPU): the flow network is frozen and the pair never changes.
+(fp16, on the CPU): the flow network is frozen and the pair never changes.  Two options the paper does not have:
+``--ema`` evaluates and saves an exponential moving average of G's weights (torch.optim.swa_utils; the raw weights
+are kept for resuming), which damps the swings of GAN training between validations; ``--val_holdout=N`` keeps the
+last N training videos out of training and selects ``g_best_val_<dataset>.pth`` by their mean PSNR, a rule that
+never looks at test labels (``g_best_auc`` is the official FFP rule, which does).
 """
 from __future__ import annotations
 
@@ -16,23 +20,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import losses
 from checkpoint import load_checkpoint, save_checkpoint
 from config import Config
 from dataset import ClipSampler, TestSet, TrainClips, VideoSet, to_model_range
 from errors import UserError
-from evaluation import evaluate
-from flownet import build_flownet, resolve_flownet_name
+from evaluation import evaluate, predict_psnr
+from flownet import build_flownet, resolve_flownet_name, store_weights_in
 from models import build_discriminator, build_generator, is_trainable
 from runtime import (autocast, configure_threads, resolve_amp, resolve_device, rng_state, seed_everything,
                      set_rng_state, use_channels_last, versions)
 from metrics import psnr
 
 # Fields that define the networks and the data they were trained on: a resumed run cannot change them.
-ARCHITECTURE_FIELDS = ("dataset", "model", "base_channels", "discriminator", "img_size", "clip_len", "flownet")
+ARCHITECTURE_FIELDS = ("dataset", "model", "base_channels", "discriminator", "img_size", "clip_len", "flownet",
+                       "ema", "val_holdout")
+
+
+def split_holdout(videos: VideoSet, n: int) -> tuple[VideoSet, Optional[VideoSet]]:
+    """(training videos, the last ``n`` by name held out for label-free checkpoint selection, or None)."""
+    if n == 0:
+        return videos, None
+    if n >= len(videos.names):
+        raise UserError(f"--val_holdout={n} leaves no training video ({len(videos.names)} in the training split): "
+                        f"hold out fewer")
+    return (VideoSet(videos.names[:-n], videos.frames[:-n]), VideoSet(videos.names[-n:], videos.frames[-n:]))
 
 
 def merge_resumed_config(stored: Config, given: Config, explicit: set[str]) -> Config:
@@ -84,7 +101,7 @@ class Trainer:
         self.discriminator = build_discriminator(cfg).to(self.device, memory_format=memory_format)
         self.flownet = build_flownet(cfg)
         if self.flownet is not None:
-            self.flownet.to(self.device)
+            store_weights_in(self.flownet.to(self.device), self.amp_dtype)
         elif cfg.lam_flow:
             print(f"note: training WITHOUT the flow loss (--flownet=none); lam_flow={cfg.lam_flow} is unused")
 
@@ -96,12 +113,16 @@ class Trainer:
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=fp16)
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
 
-        self.train_clips = TrainClips(VideoSet.load(cfg, "training"), cfg.clip_len)
+        self.ema = (AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+                    if cfg.ema else None)
+        training, self.holdout = split_holdout(VideoSet.load(cfg, "training"), cfg.val_holdout)
+        self.train_clips = TrainClips(training, cfg.clip_len)
         self.sampler = ClipSampler(len(self.train_clips), cfg.batch_size, cfg.manualseed)
         self.test_set: Optional[TestSet] = TestSet.load(cfg) if cfg.val_interval else None
         self.gt_flow: dict[int, torch.Tensor] = {}
 
         self.step, self.best_auc, self.best_step = 0, -math.inf, -1
+        self.best_val_psnr, self.best_val_step = -math.inf, -1
         self.history: list[StepLosses] = []
         if resume_from is not None:
             self._restore(resume_from)
@@ -111,21 +132,32 @@ class Trainer:
         self.writer = None
 
     # --- checkpoints ------------------------------------------------------------------------------------------
+    @property
+    def eval_generator(self) -> nn.Module:
+        """The weights that are validated and evaluated: the moving average with --ema, else the trained ones."""
+        return self.ema.module if self.ema is not None else self.generator
+
     def state(self) -> dict[str, Any]:
+        # "generator" holds the weights to evaluate (what eval.py, detect.py and --pretrained read); with --ema the
+        # raw weights and the average's state are kept as well, for an exact resume.
+        ema = {"generator_raw": self.generator.state_dict(), "ema": self.ema.state_dict()} if self.ema else {}
         return {
-            "step": self.step, "generator": self.generator.state_dict(),
+            "step": self.step, "generator": self.eval_generator.state_dict(), **ema,
             "discriminator": self.discriminator.state_dict(), "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(), "sched_g": self.sched_g.state_dict(),
             "sched_d": self.sched_d.state_dict(), "scaler_g": self.scaler_g.state_dict(),
             "scaler_d": self.scaler_d.state_dict(), "config": self.cfg.__dict__.copy(),
-            "best_auc": self.best_auc, "best_step": self.best_step, "rng": rng_state(),
+            "best_auc": self.best_auc, "best_step": self.best_step, "best_val_psnr": self.best_val_psnr,
+            "best_val_step": self.best_val_step, "rng": rng_state(),
             "sampler": self.sampler.state_dict(), "versions": versions(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
-            self.generator.load_state_dict(state["generator"])
+            self.generator.load_state_dict(state.get("generator_raw", state["generator"]))
             self.discriminator.load_state_dict(state["discriminator"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
         except RuntimeError as exc:
             raise UserError(f"the checkpoint's networks do not match this configuration: "
                             f"{str(exc).splitlines()[0]}") from None
@@ -138,6 +170,8 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.step, self.best_auc, self.best_step = state["step"], state["best_auc"], state["best_step"]
+        self.best_val_psnr = state.get("best_val_psnr", -math.inf)
+        self.best_val_step = state.get("best_val_step", -1)
 
     def _initialise_from(self, name: str) -> None:
         """Transfer learning: the networks of another run (any dataset), with fresh optimizers and step 0."""
@@ -161,6 +195,9 @@ class Trainer:
                                 f"configuration ({shapes}{', ...' if len(mismatched) > 3 else ''}): use the same "
                                 f"--model, --base_channels and --clip_len")
             network.load_state_dict(theirs)
+        if self.ema is not None:
+            self.ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema),
+                                     use_buffers=True)
         print(f"initialised generator and discriminator from {path} (trained on {source.get('dataset')} for "
               f"{state.get('step')} steps); optimizers and step start fresh")
 
@@ -221,15 +258,34 @@ class Trainer:
             self.scaler_g.update()
         finally:
             D.requires_grad_(True)
+        if self.ema is not None:
+            self.ema.update_parameters(G)
         self.sched_g.step()
         self.sched_d.step()
         return StepLosses(g_total.item(), g_int.item(), g_grad.item(), g_flow.item(), g_adv.item(), d_loss.item(),
                           psnr(prediction.detach(), target).mean().item())
 
     # --- validation and logging -------------------------------------------------------------------------------
+    def validate_holdout(self) -> None:
+        """Mean PSNR on the held-out normal training videos; the best one is kept as g_best_val (no test labels)."""
+        values = predict_psnr(self.eval_generator, self.holdout, self.cfg, self.device, self.amp_dtype,
+                              self.channels_last, progress=False)
+        mean_psnr = float(np.mean(np.concatenate(values)))
+        if self.writer is not None:
+            self.writer.add_scalar("val/holdout_psnr", mean_psnr, self.step)
+        if mean_psnr > self.best_val_psnr:
+            self.best_val_psnr, self.best_val_step = mean_psnr, self.step
+            self.save("g_best_val")
+        self._print(f"step {self.step}: held-out normal PSNR {mean_psnr:.3f} dB (best {self.best_val_psnr:.3f} at "
+                    f"step {self.best_val_step})")
+
     def validate(self) -> float:
-        result = evaluate(self.generator, self.test_set, self.cfg, self.device, self.amp_dtype, self.channels_last,
-                          progress=self.progress)
+        if self.holdout is not None:
+            self.validate_holdout()
+        if self.test_set is None:
+            return math.nan
+        result = evaluate(self.eval_generator, self.test_set, self.cfg, self.device, self.amp_dtype,
+                          self.channels_last, progress=self.progress)
         auc = result.metrics.micro_auc
         if self.writer is not None:
             self.writer.add_scalar("val/auc", auc, self.step)
@@ -321,7 +377,9 @@ class Trainer:
         seconds = time.time() - start
         self._print(f"done: {self.step} steps in {seconds:.0f} s; saved {path}"
                     + (f"; best test micro AUC {100 * self.best_auc:.2f}% at step {self.best_step} "
-                       f"({self.checkpoint_path('g_best_auc')})" if self.best_step >= 0 else ""))
+                       f"({self.checkpoint_path('g_best_auc')})" if self.best_step >= 0 else "")
+                    + (f"; best held-out PSNR {self.best_val_psnr:.3f} dB at step {self.best_val_step} "
+                       f"({self.checkpoint_path('g_best_val')})" if self.best_val_step >= 0 else ""))
         return TrainSummary(self.step, self.best_auc, self.best_step, self.history, seconds)
 
 

@@ -8,13 +8,18 @@ Variants (each on synthetic frames, after warm-up, median of --repeats timed ste
 - bf16:     as fp32 with bf16 autocast;
 - nhwc:     as fp32 with channels_last;
 - bf16nhwc: both;
-Ratios are against plain.  Peak memory is the process's peak RSS after each variant (monotone, so the order of
-variants matters: plain runs first).  --flownet picks the flow estimator from the registry; with flownet2sd and no
+Ratios are against plain.  Each variant runs in its own process, so its peak RSS (resident memory, the torch
+libraries included) is its own.  In the bf16 variants the frozen flow network keeps its weights in bf16, as the
+training engine does (flownet.store_weights_in).  "eval GFLOP/s" is the generator's forward FLOPs (counted by
+torch.utils.flop_counter) times the frames per second: set it against the machine's matrix-multiply peak, printed
+first, to see how much headroom is left.  --flownet picks the flow estimator from the registry; with flownet2sd and no
 weights file, a randomly initialised FlowNet2-SD is timed (the cost does not depend on the values), and it says so.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import resource
 import statistics
 import sys
@@ -28,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import losses  # noqa: E402
 from config import preset  # noqa: E402
 from flownet.flownet2sd import FlowNet2SD  # noqa: E402
-from flownet import build_flownet, freeze  # noqa: E402
+from flownet import build_flownet, freeze, store_weights_in  # noqa: E402
 from errors import UserError  # noqa: E402
 from metrics import psnr  # noqa: E402
 from models import build_discriminator, build_generator  # noqa: E402
@@ -91,6 +96,59 @@ def eval_fps(G, size: int, n_frames: int, batch: int, amp, channels_last: bool) 
     return n_frames / (time.perf_counter() - start)
 
 
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def generator_gflop_per_frame(cfg) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    G = build_generator(cfg).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        G(torch.zeros(1, 3 * cfg.n_inputs, cfg.img_size, cfg.img_size))
+    return counter.get_total_flops() / 1e9
+
+
+def run_variant(args, variant: str) -> dict:
+    cfg = preset("ped2").replace(img_size=args.img_size, base_channels=args.base_channels, model=args.model)
+    amp = torch.bfloat16 if "bf16" in variant else None
+    nhwc = "nhwc" in variant
+    flow = None
+    if args.flownet != "none":
+        try:
+            flow = build_flownet(cfg.replace(flownet=args.flownet, weights_dir=args.weights_dir))
+        except UserError:
+            if args.flownet != "flownet2sd":
+                raise
+            flow = freeze(FlowNet2SD())
+        store_weights_in(flow, amp)
+    torch.manual_seed(0)
+    fmt = torch.channels_last if nhwc else torch.contiguous_format
+    G = build_generator(cfg).to(memory_format=fmt)
+    D = build_discriminator(cfg).to(memory_format=fmt)
+    step = make_step(G, D, flow, torch.optim.Adam(G.parameters(), 1e-4), torch.optim.Adam(D.parameters(), 1e-5),
+                     amp, nhwc, cache_gt_flow=variant != "plain")
+    # Clips repeat (as they do across epochs), so the cached variants reuse their ground-truth flow.
+    clips = [torch.rand(args.batch_size, 5, 3, args.img_size, args.img_size) * 2 - 1 for _ in range(2)]
+    for k in range(2):
+        step(k % 2, clips[k % 2])
+    times = []
+    for k in range(args.repeats):
+        start = time.perf_counter()
+        step(k % 2, clips[k % 2])
+        times.append(time.perf_counter() - start)
+    batch = 1 if variant == "plain" else args.eval_batch_size
+    eval_fps(G, args.img_size, batch, batch, amp, nhwc)  # warm-up at the timed batch shape
+    fps = eval_fps(G, args.img_size, args.eval_frames, batch, amp, nhwc)
+    return {"variant": variant, "seconds": statistics.median(times), "fps": fps, "rss": peak_rss_gib()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--img_size", type=int, default=256)
@@ -101,55 +159,44 @@ def main() -> None:
     parser.add_argument("--weights_dir", default="weights")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--eval_frames", type=int, default=32)
-    parser.add_argument("--eval_batch_size", type=int, default=16)
+    parser.add_argument("--eval_batch_size", type=int, default=4)
     parser.add_argument("--variants", default="plain,fp32,bf16,nhwc,bf16nhwc")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_variant(args, args.child)))
+        return
 
     cfg = preset("ped2").replace(img_size=args.img_size, base_channels=args.base_channels, model=args.model)
+    gflop = generator_gflop_per_frame(cfg)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.img_size}x{args.img_size}, "
           f"batch {args.batch_size}, {args.model} base width {args.base_channels}, flow {args.flownet}; "
-          f"{sum(p.numel() for p in build_generator(cfg).parameters()):,} generator parameters")
-    flow = None
-    if args.flownet != "none":
-        try:
-            flow = build_flownet(cfg.replace(flownet=args.flownet, weights_dir=args.weights_dir))
-        except UserError:
-            if args.flownet != "flownet2sd":
-                raise
-            print("note: no FlowNet2-SD weights: timing a randomly initialised FlowNet2-SD (same cost)")
-            flow = freeze(FlowNet2SD())
+          f"{sum(p.numel() for p in build_generator(cfg).parameters()):,} generator parameters, "
+          f"{gflop:.1f} GFLOP per predicted frame")
+    print(f"matrix-multiply peak of this machine (2048^2): fp32 {matmul_peak_gflops(torch.float32):.0f} GFLOP/s, "
+          f"bf16 {matmul_peak_gflops(torch.bfloat16):.0f} GFLOP/s")
+    if args.flownet == "flownet2sd" and not any((Path(args.weights_dir) / f).is_file()
+                                                for f in ("FlowNet2-SD.pth", "FlowNet2-SD_checkpoint.pth.tar")):
+        print("note: no FlowNet2-SD weights: timing a randomly initialised FlowNet2-SD (same cost)")
 
     rows = []
+    forwarded = [a for a in sys.argv[1:] if not a.startswith("--variants")]
     for variant in args.variants.split(","):
-        torch.manual_seed(0)
-        amp = torch.bfloat16 if "bf16" in variant else None
-        nhwc = "nhwc" in variant
-        fmt = torch.channels_last if nhwc else torch.contiguous_format
-        G = build_generator(cfg).to(memory_format=fmt)
-        D = build_discriminator(cfg).to(memory_format=fmt)
-        step = make_step(G, D, flow, torch.optim.Adam(G.parameters(), 1e-4), torch.optim.Adam(D.parameters(), 1e-5),
-                         amp, nhwc, cache_gt_flow=variant != "plain")
-        # Clips repeat (as they do across epochs), so the cached variants reuse their ground-truth flow.
-        clips = [torch.rand(args.batch_size, 5, 3, args.img_size, args.img_size) * 2 - 1 for _ in range(2)]
-        for k in range(2):
-            step(k % 2, clips[k % 2])
-        times = []
-        for k in range(args.repeats):
-            start = time.perf_counter()
-            step(k % 2, clips[k % 2])
-            times.append(time.perf_counter() - start)
-        batch = 1 if variant == "plain" else args.eval_batch_size
-        eval_fps(G, args.img_size, batch, batch, amp, nhwc)  # warm-up at the timed batch shape
-        fps = eval_fps(G, args.img_size, args.eval_frames, batch, amp, nhwc)
-        rows.append((variant, statistics.median(times), fps, peak_rss_gib()))
-        print(f"  {variant:6s} {rows[-1][1]:.3f} s/step  {fps:.1f} eval frames/s  peak RSS {rows[-1][3]:.2f} GiB",
+        done = subprocess.run([sys.executable, __file__, *forwarded, f"--child={variant}"], capture_output=True,
+                              text=True)
+        if done.returncode:
+            sys.exit(f"variant {variant} failed:\n{done.stderr[-2000:]}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(f"  {variant:8s} {r['seconds']:.3f} s/step  {r['fps']:.1f} eval frames/s  peak RSS {r['rss']:.2f} GiB",
               flush=True)
 
-    base_step, base_fps = rows[0][1], rows[0][2]
-    print(f"\n| variant | s/step | train x | eval frames/s | eval x | peak RSS GiB |\n|---|---|---|---|---|---|")
-    for variant, seconds, fps, rss in rows:
-        print(f"| {variant} | {seconds:.3f} | {base_step / seconds:.2f} | {fps:.1f} | {fps / base_fps:.2f} | "
-              f"{rss:.2f} |")
+    base_step, base_fps = rows[0]["seconds"], rows[0]["fps"]
+    print(f"\n| variant | s/step | train x | eval frames/s | eval x | eval GFLOP/s | peak RSS GiB |\n"
+          f"|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['seconds']:.3f} | {base_step / r['seconds']:.2f} | {r['fps']:.1f} | "
+              f"{r['fps'] / base_fps:.2f} | {r['fps'] * gflop:.0f} | {r['rss']:.2f} |")
 
 
 if __name__ == "__main__":

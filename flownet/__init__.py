@@ -54,6 +54,20 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
+def store_weights_in(module: nn.Module, dtype: Optional[torch.dtype]) -> nn.Module:
+    """Keep a frozen estimator's parameters in the autocast dtype (buffers stay as they are).
+
+    Under autocast every convolution casts its weight to the autocast dtype on each call, and the flow loss's
+    backward keeps those casts alive, so storing them already cast gives the same numbers with half the weight
+    memory and no copies: FlowNet2-SD's 45 M parameters are 173 MiB in fp32.  Only for estimators that are always
+    called under autocast (the training step); buffers (SPyNet's normalisation) keep full precision.
+    """
+    if dtype is not None:
+        for parameter in module.parameters():
+            parameter.data = parameter.data.to(dtype)
+    return module
+
+
 # The files each weighted estimator looks for in --weights_dir (first found wins).
 WEIGHT_FILES = {
     "flownet2sd": ["FlowNet2-SD.pth", "FlowNet2-SD_checkpoint.pth.tar"],

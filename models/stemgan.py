@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange, reduce
-from timm.layers import SEModule
 from torch import nn
 
 from config import Config
@@ -91,6 +90,8 @@ class AttentionUp(nn.Module):
         super().__init__()
         self.up = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
         self.fuse = conv_bn_relu(2 * out_channels, out_channels)
+        from timm.layers import SEModule  # imported here: timm pulls in torchvision (+170 MB RSS) for FFP runs too
+
         self.attention = SEModule(out_channels, rd_ratio=1 / 8)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:

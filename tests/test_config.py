@@ -35,7 +35,7 @@ def test_every_field_has_a_flag():
 
 
 def test_unknown_dataset_lists_the_valid_ones():
-    with pytest.raises(UserError, match="valid names are avenue, ped2, shanghai, shanghaitech, toy"):
+    with pytest.raises(UserError, match="valid names are avenue, custom, ped1, ped2, shanghai, shanghaitech, toy"):
         preset("ped3")
 
 
@@ -47,7 +47,7 @@ def test_bad_choice_is_a_clear_error():
 def test_config_round_trips_through_json():
     cfg = preset("avenue")
     assert Config(**json.loads(cfg.to_json())) == cfg
-    assert set(PRESETS) == {"ped2", "avenue", "shanghai", "toy"}
+    assert set(PRESETS) == {"ped1", "ped2", "avenue", "shanghai", "custom", "toy"}
 
 
 @pytest.mark.parametrize("script", ["train.py", "eval.py"])

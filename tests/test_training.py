@@ -1,5 +1,6 @@
 """The training loop: alternating updates, gradients, the flow loss, exact resume, checkpoints, the toy floor."""
 import copy
+import math
 import json
 import subprocess
 import sys
@@ -70,6 +71,43 @@ def test_resume_continues_exactly(small_cfg):
     resumed = Trainer(cfg, resume_from=state, progress=False)
     tail = resumed.fit().history
     assert [s.as_dict() for s in tail] == [s.as_dict() for s in straight.history[4:]]
+
+
+def test_resume_with_ema_continues_exactly(small_cfg):
+    cfg = small_cfg.replace(ema=0.9)
+    straight = Trainer(cfg.replace(iters=7), progress=False)
+    history = straight.fit().history
+
+    Trainer(cfg.replace(iters=4), progress=False).fit()
+    resumed_cfg, state = load_resume_state(cfg.replace(iters=7, resume="latest_toy"), explicit={"iters"})
+    resumed = Trainer(resumed_cfg, resume_from=state, progress=False)
+    tail = resumed.fit().history
+    assert [s.as_dict() for s in tail] == [s.as_dict() for s in history[4:]]
+    for a, b in zip(straight.ema.module.state_dict().values(), resumed.ema.module.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_ema_checkpoint_evaluates_the_average_and_keeps_the_raw_weights(small_cfg, tmp_path):
+    trainer = Trainer(small_cfg.replace(ema=0.5, iters=3), progress=False)
+    trainer.fit()
+    state = load_checkpoint(tmp_path / "weights" / "latest_toy.pth")
+    average = trainer.ema.module.state_dict()
+    raw = trainer.generator.state_dict()
+    assert all(torch.equal(state["generator"][k], average[k]) for k in average)
+    assert all(torch.equal(state["generator_raw"][k], raw[k]) for k in raw)
+    assert any(not torch.equal(average[k], raw[k]) for k in raw if raw[k].is_floating_point())
+
+
+def test_val_holdout_keeps_videos_out_and_selects_without_test_labels(small_cfg, tmp_path):
+    trainer = Trainer(small_cfg.replace(val_holdout=2, val_interval=3, iters=6), progress=False)
+    assert trainer.train_clips.videos.names == ["01", "02", "03", "04", "05", "06"]
+    assert trainer.holdout.names == ["07", "08"]
+    trainer.fit()
+    assert trainer.best_val_step in (3, 6) and math.isfinite(trainer.best_val_psnr)
+    state = load_checkpoint(tmp_path / "weights" / "g_best_val_toy.pth")
+    assert state["step"] == trainer.best_val_step and state["best_val_psnr"] == trainer.best_val_psnr
+    with pytest.raises(UserError, match="--val_holdout=8 leaves no training video"):
+        Trainer(small_cfg.replace(val_holdout=8), progress=False)
 
 
 def test_resume_refuses_a_different_architecture(small_cfg):
