@@ -11,10 +11,18 @@ Ours: the flow of the ground-truth pair (last input frame -> target) is computed
 are kept for resuming), which damps the swings of GAN training between validations; ``--val_holdout=N`` keeps the
 last N training videos out of training and selects ``g_best_val_<dataset>.pth`` by their mean PSNR, a rule that
 never looks at test labels (``g_best_auc`` is the official FFP rule, which does).
+
+Under torchrun (distributed.py, README 'Distributed training'): G and D each run under DistributedDataParallel with
+synchronised BatchNorm, ``--batch_size`` is per process and the global batch is world_size x batch_size: one slice
+of the global shuffled order per rank, so N processes with batch b step exactly like one process with batch N*b
+(up to float rounding).  Learning rates are used as given for the global batch (no scaling with the number of
+processes).  Validation shards the videos over the ranks; only rank 0 writes checkpoints, tensorboard and the
+console.  The sampler position is global, so a checkpoint resumes under any number of processes.
 """
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,23 +31,39 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
+import distributed
 import losses
 from checkpoint import load_checkpoint, save_checkpoint
 from config import Config
 from dataset import ClipSampler, TestSet, TrainClips, VideoSet, to_model_range
 from errors import UserError
-from evaluation import evaluate, predict_psnr
+from evaluation import evaluate
 from flownet import build_flownet, resolve_flownet_name, store_weights_in
 from models import build_discriminator, build_generator, is_trainable
-from runtime import (autocast, configure_threads, resolve_amp, resolve_device, rng_state, seed_everything,
-                     set_rng_state, use_channels_last, versions)
+from runtime import (InterruptLatch, autocast, configure_threads, resolve_amp, resolve_device, rng_state,
+                     seed_everything, set_rng_state, signals_held, signals_ignored, use_channels_last, versions)
 from metrics import psnr
 
 # Fields that define the networks and the data they were trained on: a resumed run cannot change them.
 ARCHITECTURE_FIELDS = ("dataset", "model", "base_channels", "discriminator", "img_size", "clip_len", "flownet",
                        "ema", "val_holdout")
+
+
+def moving_average(generator: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``generator``'s weights and BatchNorm statistics, with warm-up.
+
+    The decay of update n is min(decay, (1 + n) / (10 + n)) (the num_updates rule of TensorFlow's
+    ExponentialMovingAverage): with a fixed 0.999 the average would still be 61% random initial weights after 500
+    steps (0.999^500), and its validations meaningless; with the warm-up it follows the network early and smooths
+    it later.
+    """
+    def update(average: torch.Tensor, current: torch.Tensor, n_averaged: torch.Tensor) -> torch.Tensor:
+        rate = min(decay, (1.0 + float(n_averaged)) / (10.0 + float(n_averaged)))
+        return average + (1.0 - rate) * (current - average)
+
+    return AveragedModel(generator, avg_fn=update, use_buffers=True)
 
 
 def split_holdout(videos: VideoSet, n: int) -> tuple[VideoSet, Optional[VideoSet]]:
@@ -87,7 +111,10 @@ class TrainSummary:
 class Trainer:
     def __init__(self, cfg: Config, resume_from: Optional[dict[str, Any]] = None, progress: bool = True):
         cfg = cfg.replace(flownet=resolve_flownet_name(cfg))  # 'auto' is recorded as what it resolved to
-        self.cfg, self.progress = cfg, progress
+        # torchrun: this process is rank `rank` of `world`; everything below is the same on every rank except the
+        # slice of each global batch it trains on and the share of the videos it validates.
+        self.rank, self.world = ((distributed.rank(), distributed.world_size()) if distributed.active() else (0, 1))
+        self.cfg, self.progress = cfg, progress and self.rank == 0
         configure_threads(cfg)
         seed_everything(cfg.manualseed)
         self.device = resolve_device(cfg.device)
@@ -95,10 +122,15 @@ class Trainer:
         self.channels_last = use_channels_last(cfg, self.device)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
 
-        self.generator = build_generator(cfg).to(self.device, memory_format=memory_format)
+        # self.generator / self.discriminator are the plain modules (state dicts, evaluation, EMA); the train step
+        # calls them through DDP when there are several processes (self._g_step / self._d_step, set below).
+        self.generator = build_generator(cfg)
         if not is_trainable(self.generator):
             raise UserError(f"--model={cfg.model} has no parameters to train: evaluate it with eval.py")
-        self.discriminator = build_discriminator(cfg).to(self.device, memory_format=memory_format)
+        self.generator = distributed.sync_batchnorm(self.generator, self.device).to(
+            self.device, memory_format=memory_format)
+        self.discriminator = distributed.sync_batchnorm(build_discriminator(cfg), self.device).to(
+            self.device, memory_format=memory_format)
         self.flownet = build_flownet(cfg)
         if self.flownet is not None:
             store_weights_in(self.flownet.to(self.device), self.amp_dtype)
@@ -113,12 +145,15 @@ class Trainer:
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=fp16)
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
 
-        self.ema = (AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
-                    if cfg.ema else None)
-        training, self.holdout = split_holdout(VideoSet.load(cfg, "training"), cfg.val_holdout)
+        self.ema = moving_average(self.generator, cfg.ema) if cfg.ema else None
+        # Rank 0 decodes the frame cache (and generates the toy data) first, the others then find it.
+        training, self.holdout = distributed.in_turn(
+            lambda: split_holdout(VideoSet.load(cfg, "training"), cfg.val_holdout))
         self.train_clips = TrainClips(training, cfg.clip_len)
-        self.sampler = ClipSampler(len(self.train_clips), cfg.batch_size, cfg.manualseed)
-        self.test_set: Optional[TestSet] = TestSet.load(cfg) if cfg.val_interval else None
+        # The sampler walks the global order in global batches; this rank trains on slice `rank` of each.
+        self.global_batch = cfg.batch_size * self.world
+        self.sampler = ClipSampler(len(self.train_clips), self.global_batch, cfg.manualseed)
+        self.test_set: Optional[TestSet] = distributed.in_turn(lambda: TestSet.load(cfg)) if cfg.val_interval else None
         self.gt_flow: dict[int, torch.Tensor] = {}
 
         self.step, self.best_auc, self.best_step = 0, -math.inf, -1
@@ -128,7 +163,10 @@ class Trainer:
             self._restore(resume_from)
         elif cfg.pretrained:
             self._initialise_from(cfg.pretrained)
-        self.run_dir = Path(cfg.log_dir) / f"{cfg.dataset}_bs{cfg.batch_size}"
+        # DDP broadcasts rank 0's weights when it wraps, then averages the gradients of every backward pass.
+        self._g_step = distributed.wrap(self.generator, self.device)
+        self._d_step = distributed.wrap(self.discriminator, self.device)
+        self.run_dir = Path(cfg.log_dir) / f"{cfg.dataset}_bs{self.global_batch}"
         self.writer = None
 
     # --- checkpoints ------------------------------------------------------------------------------------------
@@ -150,6 +188,8 @@ class Trainer:
             "best_auc": self.best_auc, "best_step": self.best_step, "best_val_psnr": self.best_val_psnr,
             "best_val_step": self.best_val_step, "rng": rng_state(),
             "sampler": self.sampler.state_dict(), "versions": versions(),
+            # config.batch_size is per process; the sampler position counts global batches of global_batch clips.
+            "distributed": {"world_size": self.world, "global_batch": self.global_batch},
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -196,8 +236,7 @@ class Trainer:
                                 f"--model, --base_channels and --clip_len")
             network.load_state_dict(theirs)
         if self.ema is not None:
-            self.ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema),
-                                     use_buffers=True)
+            self.ema = moving_average(self.generator, self.cfg.ema)
         print(f"initialised generator and discriminator from {path} (trained on {source.get('dataset')} for "
               f"{state.get('step')} steps); optimizers and step start fresh")
 
@@ -205,11 +244,20 @@ class Trainer:
         return Path(self.cfg.weights_dir) / f"{kind}_{self.cfg.dataset}.pth"
 
     def save(self, kind: str) -> Path:
+        """Rank 0 writes (atomically, Ctrl-C and SIGTERM held until the file is complete); other ranks do nothing."""
         path = self.checkpoint_path(kind)
-        save_checkpoint(path, self.state())
+        if self.rank == 0:
+            with signals_held(signal.SIGINT, signal.SIGTERM):
+                save_checkpoint(path, self.state())
         return path
 
     # --- one step ---------------------------------------------------------------------------------------------
+    def next_clips(self) -> tuple[np.ndarray, torch.Tensor]:
+        """(clip ids, uint8 clips) of this rank: slice ``rank`` of the next global batch."""
+        b = self.cfg.batch_size
+        ids = self.sampler.next_batch()[self.rank * b:(self.rank + 1) * b]
+        return ids, self.train_clips.batch(ids)
+
     def _ground_truth_flow(self, clip_ids, last: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         missing = [i for i, c in enumerate(clip_ids) if int(c) not in self.gt_flow]
         if missing:
@@ -220,7 +268,8 @@ class Trainer:
         return torch.stack([self.gt_flow[int(c)].float() for c in clip_ids]).to(self.device)
 
     def train_step(self, clip_ids, clips_uint8: torch.Tensor) -> StepLosses:
-        cfg, G, D = self.cfg, self.generator, self.discriminator
+        """One alternating update on this rank's clips; the losses returned are the means over the global batch."""
+        cfg, G, D = self.cfg, self._g_step, self._d_step
         x = to_model_range(clips_uint8.to(self.device, non_blocking=True))
         inputs, target, last = x[:, :-1].flatten(1, 2), x[:, -1], x[:, -2]
         if self.channels_last:
@@ -237,8 +286,10 @@ class Trainer:
         self.scaler_d.step(self.opt_d)
         self.scaler_d.update()
 
-        # G step with D frozen: G's backward passes through D without touching D's gradients.
+        # G step with D frozen: G's backward passes through D without touching D's gradients.  Under DDP it calls
+        # the plain D (no gradient of D to synchronise); G's gradients are averaged by G's DDP wrapper.
         flow_target = self._ground_truth_flow(clip_ids, last, target) if self.flownet is not None else None
+        D = self.discriminator
         D.requires_grad_(False)
         try:
             with autocast(self.device, self.amp_dtype):
@@ -259,17 +310,18 @@ class Trainer:
         finally:
             D.requires_grad_(True)
         if self.ema is not None:
-            self.ema.update_parameters(G)
+            self.ema.update_parameters(self.generator)  # the same on every rank: DDP keeps the weights identical
         self.sched_g.step()
         self.sched_d.step()
-        return StepLosses(g_total.item(), g_int.item(), g_grad.item(), g_flow.item(), g_adv.item(), d_loss.item(),
-                          psnr(prediction.detach(), target).mean().item())
+        values = torch.stack([v.detach().float() for v in (g_total, g_int, g_grad, g_flow, g_adv, d_loss)]
+                             + [psnr(prediction.detach(), target).mean()])
+        return StepLosses(*distributed.all_reduce_mean(values).tolist())  # every rank's batch has the same size
 
     # --- validation and logging -------------------------------------------------------------------------------
     def validate_holdout(self) -> None:
         """Mean PSNR on the held-out normal training videos; the best one is kept as g_best_val (no test labels)."""
-        values = predict_psnr(self.eval_generator, self.holdout, self.cfg, self.device, self.amp_dtype,
-                              self.channels_last, progress=False)
+        values = distributed.predict_psnr_sharded(self.eval_generator, self.holdout, self.cfg, self.device,
+                                                  self.amp_dtype, self.channels_last, progress=False)
         mean_psnr = float(np.mean(np.concatenate(values)))
         if self.writer is not None:
             self.writer.add_scalar("val/holdout_psnr", mean_psnr, self.step)
@@ -299,6 +351,8 @@ class Trainer:
         return auc
 
     def _print(self, message: str) -> None:
+        if self.rank != 0:
+            return
         from tqdm import tqdm
         tqdm.write(message)
 
@@ -323,7 +377,7 @@ class Trainer:
         self.writer.add_image("train/target_frame", ((x[0, -1] + 1) / 2).cpu(), self.step)
 
     def _open_writer(self) -> None:
-        if not self.cfg.tensorboard:
+        if not self.cfg.tensorboard or self.rank != 0:
             return
         from tensorboardX import SummaryWriter
 
@@ -344,13 +398,19 @@ class Trainer:
         bar = tqdm(total=cfg.iters, initial=self.step, desc=f"training {cfg.dataset}", unit="step",
                    disable=not self.progress, dynamic_ncols=True)
         validated_at = -1
+        latch = InterruptLatch()
         try:
             while self.step < cfg.iters:
-                ids = self.sampler.next_batch()
-                clips = self.train_clips.batch(ids)
-                step_losses = self.train_step(ids, clips)
-                self.step += 1
-                self.history.append(step_losses)
+                # Ctrl-C during a step takes effect at its end, on every rank at the same step (the ranks agree on
+                # it), so the checkpoint saved then is a whole step and no rank waits for a peer that has left.
+                with latch.holding():
+                    ids, clips = self.next_clips()
+                    step_losses = self.train_step(ids, clips)
+                    self.step += 1
+                    self.history.append(step_losses)
+                    stop = distributed.any_rank(latch.pending)
+                if stop:
+                    raise KeyboardInterrupt
                 bar.update(1)
                 if cfg.log_interval and self.step % cfg.log_interval == 0:
                     bar.set_postfix(g=f"{step_losses.g_total:.4f}", d=f"{step_losses.d_loss:.4f}",
@@ -365,15 +425,19 @@ class Trainer:
             if cfg.val_interval and validated_at != self.step and self.step > 0:
                 self.validate()
         except KeyboardInterrupt:
-            bar.close()
-            path = self.save("latest")
-            self._print(f"interrupted at step {self.step}: saved {path}; continue with --resume=latest_{cfg.dataset}")
+            # Rank 0 saves (no collective here: the other ranks may be gone already); torchrun then ends the job.
+            with signals_ignored(signal.SIGINT):  # torchrun passes the terminal's Ctrl-C on: a second SIGINT
+                bar.close()
+                path = self.save("latest")
+                self._print(f"interrupted at step {self.step}: saved {path}; continue with "
+                            f"--resume=latest_{cfg.dataset}")
             raise
         finally:
             bar.close()
             if self.writer is not None:
                 self.writer.close()
         path = self.save("latest")
+        distributed.barrier()  # every rank returns once rank 0's last checkpoint is on disk
         seconds = time.time() - start
         self._print(f"done: {self.step} steps in {seconds:.0f} s; saved {path}"
                     + (f"; best test micro AUC {100 * self.best_auc:.2f}% at step {self.best_step} "
@@ -384,6 +448,14 @@ class Trainer:
 
 
 def load_resume_state(cfg: Config, explicit: set[str]) -> tuple[Config, Optional[dict[str, Any]]]:
+    """The checkpoint to resume and the merged config.  Every process reads the file (under torchrun on several
+    nodes it must be visible on each: a shared filesystem, or a copy at the same path).
+
+    Batch size rule: the run keeps its global batch.  Without --batch_size, the per-process batch becomes the
+    checkpoint's global batch divided by the number of processes now (WORLD_SIZE, 1 without torchrun); if that does
+    not divide, it is an error.  --batch_size given again sets the per-process batch (a new global batch: the run
+    goes on, but no longer as it would have).
+    """
     if not cfg.resume:
         return cfg, None
     from checkpoint import resolve_checkpoint
@@ -393,5 +465,18 @@ def load_resume_state(cfg: Config, explicit: set[str]) -> tuple[Config, Optional
     for key in ("generator", "discriminator", "opt_g", "sampler", "rng"):
         if key not in state:
             raise UserError(f"checkpoint '{cfg.resume}' has no '{key}': it cannot resume training")
-    merged = merge_resumed_config(config_from_dict(state["config"]), cfg, explicit | {"resume"})
+    stored = config_from_dict(state["config"])
+    merged = merge_resumed_config(stored, cfg, explicit | {"resume"})
+    saved = state.get("distributed", {"world_size": 1, "global_batch": stored.batch_size})
+    world = distributed.world_size()
+    if "batch_size" not in explicit:
+        if saved["global_batch"] % world:
+            raise UserError(f"checkpoint '{cfg.resume}' was trained with a global batch of {saved['global_batch']} "
+                            f"({saved['world_size']} processes x {stored.batch_size}), which {world} processes cannot "
+                            f"share equally: use a number of processes that divides it, or pass --batch_size=N (per "
+                            f"process) to train on with a global batch of N x {world}")
+        merged = merged.replace(batch_size=saved["global_batch"] // world)
+    elif merged.batch_size * world != saved["global_batch"] and distributed.is_main():
+        print(f"note: global batch {merged.batch_size * world} ({world} x --batch_size={merged.batch_size}) instead "
+              f"of the checkpoint's {saved['global_batch']}: the run goes on, but not as it would have")
     return merged, state

@@ -2,11 +2,21 @@
 
 Writes results/<run>/ (metrics.json, scores.csv, scores.npz, config.json, roc.png, video_<name>.png) and prints a
 summary.  ``--model=copylast`` with no checkpoint evaluates the trivial copy-the-last-frame baseline.
+
+Pixel level (localization.py): with pixel masks, the smoothed prediction-error map is scored by the UCSD criterion
+and pixel-level AUC and EER are reported beside the frame-level ones.  Masks come from --pixel_masks=<folder> (a
+folder of <video>.npy, or the official UCSD Test folder with its Test0NN_gt folders) or, without the flag, from
+the prepared layout <data_root>/<dataset>/testing/pixel_masks/; --pixel_sigma=<px> sets the map's smoothing.
+
+Causal score: when the checkpoint has a calibration (<checkpoint stem>.calibration.json, written by detect.py), the
+summary adds the causal detector's AUC and, at --fpr=<rate> (0.01), the share of normal and anomalous test frames it
+flags: the real false-alarm rate of the live detector against its target.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from config import Config, config_from_dict, parse_args
 from errors import UserError, run_cli
@@ -14,6 +24,27 @@ from errors import UserError, run_cli
 # Flags that may differ from the checkpoint's config at evaluation time (data location, hardware, outputs).
 EVAL_OVERRIDES = ("dataset", "data_root", "labels", "cache_dir", "device", "amp", "channels_last",
                   "eval_batch_size", "num_threads", "results_dir", "weights_dir", "macro_single_class", "plots")
+
+
+# eval.py's own flags (not Config fields): taken out of the argument list before the Config flags are parsed.
+EXTRA_FLAGS = {"pixel_masks": str, "pixel_sigma": float, "fpr": float}
+
+
+def split_extra_flags(argv: Optional[Sequence[str]]) -> tuple[list[str], dict]:
+    """(remaining arguments, {name: value}) for the ``--name=value`` flags of EXTRA_FLAGS."""
+    rest, extra = [], {}
+    for arg in list(sys.argv[1:] if argv is None else argv):
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if name in EXTRA_FLAGS:
+            if not eq:
+                raise UserError(f"--{name} needs a value: --{name}=<value>")
+            try:
+                extra[name] = EXTRA_FLAGS[name](value)
+            except ValueError:
+                raise UserError(f"--{name}={value} is not a {EXTRA_FLAGS[name].__name__}") from None
+        else:
+            rest.append(arg)
+    return rest, extra
 
 
 def load_model(cfg: Config, explicit: set[str]):
@@ -42,24 +73,71 @@ def load_model(cfg: Config, explicit: set[str]):
     return cfg, generator, run, f"{path} (step {step}, trained on {stored.dataset})"
 
 
+def causal_rates(checkpoint_name: str, weights_dir: str, result, fpr: float) -> tuple[dict, list[tuple[str, str]]]:
+    """The causal detector of detect.py on this test set, when the checkpoint has a calibration (made by detect.py
+    --norm=causal, or --calibrate): its AUC and, at the target false-alarm rate ``fpr`` (--fpr, 0.01), how many
+    normal and anomalous test frames it flags."""
+    import numpy as np
+
+    from calibration import Calibration, benchmark_rates, calibration_path, file_sha256
+    from checkpoint import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint_name, weights_dir)
+    path = calibration_path(checkpoint)
+    if not path.exists():
+        return {}, [("causal score", f"no calibration ({path}; detect.py --norm=causal makes it)")]
+    calib = Calibration.load(path)
+    if calib.checkpoint_sha256 != file_sha256(checkpoint):
+        return {}, [("causal score", f"{path} was made for another checkpoint (detect.py --calibrate)")]
+    rates = benchmark_rates(calib, np.concatenate(result.psnr), np.concatenate(result.labels), fpr)
+    where = "training frames, optimistic" if calib.optimistic else "held-out normal frames"
+    return rates, [
+        ("causal AUC", f"{100 * rates['causal_auc']:.2f}% (calibrated on {calib.n_frames} {where}; no min-max)"),
+        (f"causal @ fpr {fpr:g}", f"flags {100 * rates['causal_normal_flagged']:.2f}% of normal and "
+                                  f"{100 * rates['causal_anomalous_flagged']:.2f}% of anomalous test frames "
+                                  f"(PSNR < {rates['causal_psnr_threshold']:.2f} dB)"),
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv, extra = split_extra_flags(argv)
     cfg, explicit = parse_args(argv, "eval.py", __doc__)
     import torch  # loads only once the flags are known to be good
 
     from dataset import TestSet
     from evaluation import evaluate, summary_table, write_results
+    from localization import DEFAULT_SIGMA, PixelAccumulator, pixel_mask_source
     from runtime import configure_threads, resolve_amp, resolve_device, use_channels_last
 
+    checkpoint_name, weights_dir = cfg.trained_model or f"g_best_auc_{cfg.dataset}", cfg.weights_dir  # as load_model
     cfg, generator, run, described = load_model(cfg, explicit)
     configure_threads(cfg)
     device = resolve_device(cfg.device)
+    import distributed  # torchrun: each rank predicts a share of the test videos, rank 0 writes (distributed.py)
+    distributed.init(device)
     channels_last = use_channels_last(cfg, device)
     generator = generator.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    test_set = TestSet.load(cfg)
-    result = evaluate(generator, test_set, cfg, device, resolve_amp(cfg, device), channels_last)
+    test_set = distributed.in_turn(lambda: TestSet.load(cfg))  # torchrun: rank 0 builds the frame cache first
+    videos = test_set.videos
+    masks_of, mask_where = pixel_mask_source(cfg.data_root, cfg.dataset, videos.names, videos.counts,
+                                             extra.get("pixel_masks", ""))
+    pixels = PixelAccumulator(masks_of, extra.get("pixel_sigma", DEFAULT_SIGMA)) if masks_of else None
+    result = evaluate(generator, test_set, cfg, device, resolve_amp(cfg, device), channels_last,
+                      on_batch=pixels.add if pixels else None)
+    if pixels is not None and distributed.active():  # torchrun: the pixel-level values of every rank's videos
+        pixels.values, pixels.labels = distributed.concat_across_ranks(pixels.values, pixels.labels)
+    if not distributed.is_main():
+        return 0
+    pixel = pixels.result() if pixels else None
+    info = {"model": described, "dataset": cfg.dataset,
+            **({**pixel.as_dict(), "pixel_masks": mask_where} if pixel else {"pixel_level": mask_where})}
+    baseline = described.startswith("baseline")
+    causal, causal_rows = ({}, []) if baseline else causal_rates(checkpoint_name, weights_dir, result,
+                                                                     extra.get("fpr", 0.01))
     folder = Path(cfg.results_dir) / run
-    write_results(folder, result, test_set, cfg, {"model": described, "dataset": cfg.dataset}, cfg.plots)
-    print(summary_table(result, f"{cfg.dataset}: {described}; labels from {test_set.label_source}"))
+    write_results(folder, result, test_set, cfg, {**info, **causal}, cfg.plots)
+    print(summary_table(result, f"{cfg.dataset}: {described}; labels from {test_set.label_source}", pixel,
+                        "" if pixel else mask_where, causal_rows))
     print(f"wrote {folder}/")
     return 0
 

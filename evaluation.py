@@ -9,7 +9,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,10 +22,15 @@ from metrics import FrameMetrics, frame_metrics, psnr
 from runtime import autocast
 
 
+# Called after every batch with (video index, target frame indices, prediction, target), images in [-1, 1]:
+# how the pixel-level evaluation (localization.PixelAccumulator) sees the predictions without a second pass.
+BatchHook = Callable[[int, np.ndarray, torch.Tensor, torch.Tensor], None]
+
+
 @torch.inference_mode()
 def predict_psnr(generator: nn.Module, videos: VideoSet, cfg: Config, device: torch.device,
                  amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-                 progress: bool = True) -> list[np.ndarray]:
+                 progress: bool = True, on_batch: Optional[BatchHook] = None) -> list[np.ndarray]:
     """PSNR of every predicted frame (targets clip_len-1 .. T-1), one array per video, batched over frames."""
     from tqdm import tqdm
 
@@ -43,6 +48,8 @@ def predict_psnr(generator: nn.Module, videos: VideoSet, cfg: Config, device: to
         with autocast(device, amp_dtype):
             prediction = generator(inputs)
         out[v][targets - (cfg.clip_len - 1)] = psnr(prediction.float(), x[:, -1]).cpu().numpy()
+        if on_batch is not None:
+            on_batch(v, targets, prediction.float(), x[:, -1])
         bar.update(len(targets))
     bar.close()
     generator.train(was_training)
@@ -69,8 +76,12 @@ class EvalResult:
 
 def evaluate(generator: nn.Module, test_set: TestSet, cfg: Config, device: torch.device,
              amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-             progress: bool = True) -> EvalResult:
-    values = predict_psnr(generator, test_set.videos, cfg, device, amp_dtype, channels_last, progress)
+             progress: bool = True, on_batch: Optional[BatchHook] = None) -> EvalResult:
+    # Under torchrun every rank must call this: each predicts a share of the videos and all get every PSNR back
+    # (distributed.py); in a plain run it is predict_psnr itself.
+    from distributed import predict_psnr_sharded
+    values = predict_psnr_sharded(generator, test_set.videos, cfg, device, amp_dtype, channels_last, progress,
+                                  on_batch)
     labels = [y[cfg.clip_len - 1:] for y in test_set.labels]
     metrics, scores = frame_metrics(values, labels, cfg.macro_single_class)
     return EvalResult(metrics, values, scores, labels)
@@ -78,7 +89,9 @@ def evaluate(generator: nn.Module, test_set: TestSet, cfg: Config, device: torch
 
 # --- artifacts ------------------------------------------------------------------------------------------------
 
-def summary_table(result: EvalResult, title: str) -> str:
+def summary_table(result: EvalResult, title: str, pixel=None, pixel_note: str = "",
+                  extra_rows: Sequence[tuple[str, str]] = ()) -> str:
+    """The printed summary; ``pixel`` (localization.PixelMetrics) or ``pixel_note`` adds the pixel-level rows."""
     d = result.as_dict()
     excluded = len(d["macro_single_class_videos"])
     rule = (f"{excluded} single-class videos excluded" if d["macro_rule"] == "exclude"
@@ -90,6 +103,14 @@ def summary_table(result: EvalResult, title: str) -> str:
         ("EER", f"{100 * d['eer']:.2f}%"),
         ("mean PSNR", f"{d['mean_psnr']:.2f} dB"),
     ]
+    if pixel is not None:
+        rule = f"UCSD criterion, >= {100 * pixel.coverage:.0f}% of anomalous pixels, map sigma {pixel.sigma:g} px"
+        rows += [("pixel-level AUC", f"{100 * pixel.auc:.2f}% ({rule}; {pixel.n_frames} frames, "
+                                     f"{pixel.n_anomalous} anomalous)"),
+                 ("pixel-level EER", f"{100 * pixel.eer:.2f}%")]
+    elif pixel_note:
+        rows.append(("pixel-level", pixel_note))
+    rows += list(extra_rows)
     width = max(len(k) for k, _ in rows)
     return "\n".join([title] + [f"  {k:<{width}}  {v}" for k, v in rows])
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import platform
 import random
-from typing import ContextManager, Optional
+import signal
+import threading
+from typing import ContextManager, Iterator, Optional
 
 import numpy as np
 import torch
@@ -14,14 +16,24 @@ from errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of ``--device``.  Under torchrun (distributed.py) a CUDA device is cuda:LOCAL_RANK, one GPU
+    per process; choose the GPUs with CUDA_VISIBLE_DEVICES rather than an index."""
+    from distributed import local_rank, local_world_size
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device={name} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device={name} but CUDA is not available here: use --device=cpu or auto")
+    own = local_rank()
+    if device.type == "cuda" and own is not None:
+        if device.index is not None and device.index != own and local_world_size() > 1:
+            raise UserError(f"--device={name} under torchrun: each process uses cuda:LOCAL_RANK; pass --device=cuda "
+                            f"or auto (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
+        device = torch.device("cuda", own if device.index is None else device.index)
     return device
 
 
@@ -64,6 +76,77 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManag
 def configure_threads(cfg: Config) -> None:
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()  # Python installs handlers only there
+
+
+def _replaceable(signum: int) -> bool:
+    """A Python-level handler that is not 'ignore' (a job started in the background ignores SIGINT: keep that)."""
+    handler = signal.getsignal(signum)
+    return handler is not None and handler is not signal.SIG_IGN
+
+
+@contextlib.contextmanager
+def signals_held(*signums: int) -> Iterator[None]:
+    """Hold the given signals (SIGINT, SIGTERM) until the block ends, then deliver them: around a checkpoint write,
+    the file is complete before Ctrl-C, or torchrun/SLURM stopping the job, takes effect.  If the block raises,
+    the held signals are dropped (the error wins).  A no-op outside the main thread."""
+    if not _main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {s: signal.getsignal(s) for s in signums if _replaceable(s)}
+    for signum in previous:
+        signal.signal(signum, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for signum in dict.fromkeys(received):
+        signal.raise_signal(signum)
+
+
+@contextlib.contextmanager
+def signals_ignored(*signums: int) -> Iterator[None]:
+    """Ignore the given signals in the block (a second Ctrl-C while the first one's checkpoint is written)."""
+    if not _main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in signums if _replaceable(s)}
+    for signum in previous:
+        signal.signal(signum, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class InterruptLatch:
+    """Inside :meth:`holding`, Ctrl-C (SIGINT) only sets :attr:`pending`; the training loop acts on it at the end
+    of a step, so an interrupt never falls between D's and G's updates, and under torchrun every rank stops at the
+    same step (engine.Trainer.fit combines the flags with distributed.any_rank).  Outside the block Ctrl-C raises
+    KeyboardInterrupt as usual."""
+
+    def __init__(self) -> None:
+        self.pending = False
+
+    def _set(self, signum, frame) -> None:
+        self.pending = True
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        if not (_main_thread() and _replaceable(signal.SIGINT)):
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._set)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def seed_everything(seed: int) -> None:

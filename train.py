@@ -1,4 +1,8 @@
-"""Train a future-frame-prediction GAN: ``python train.py --dataset=ped2`` (``--help`` lists every flag)."""
+"""Train a future-frame-prediction GAN: ``python train.py --dataset=ped2`` (``--help`` lists every flag).
+
+On several GPUs or machines, start it with torchrun (no extra flag): ``torchrun --nproc_per_node=8 train.py
+--dataset=shanghai``; ``--batch_size`` is then per process (README 'Distributed training').
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -9,13 +13,19 @@ from errors import run_cli
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg, explicit = parse_args(argv, "train.py", __doc__)
-    from engine import Trainer, load_resume_state  # torch loads only once the flags are known to be good
+    import distributed  # torch loads only once the flags are known to be good
+    from engine import Trainer, load_resume_state
 
     cfg, state = load_resume_state(cfg, explicit)
-    trainer = Trainer(cfg, resume_from=state)
-    if state is not None:
-        print(f"resuming {cfg.resume} at step {trainer.step} of {cfg.iters}")
-    trainer.fit()
+    # torchrun: join the process group (NCCL on CUDA, gloo on the CPU) and leave it however the run ends;
+    # plain python: nothing.
+    with distributed.process_group(cfg.device):
+        trainer = Trainer(cfg, resume_from=state)
+        if state is not None and distributed.is_main():
+            shared = (f" ({trainer.world} processes x {cfg.batch_size} = global batch {trainer.global_batch})"
+                      if trainer.world > 1 else "")
+            print(f"resuming {cfg.resume} at step {trainer.step} of {cfg.iters}{shared}")
+        trainer.fit()
     return 0
 
 

@@ -98,6 +98,19 @@ def test_ema_checkpoint_evaluates_the_average_and_keeps_the_raw_weights(small_cf
     assert any(not torch.equal(average[k], raw[k]) for k in raw if raw[k].is_floating_point())
 
 
+def test_ema_warms_up_instead_of_holding_on_to_the_initial_weights(small_cfg):
+    trainer = Trainer(small_cfg.replace(ema=0.999, iters=4), progress=False)
+    initial = copy.deepcopy(trainer.generator.state_dict())
+    trainer.fit()
+    raw, average = trainer.generator.state_dict(), trainer.ema.module.state_dict()
+
+    def distance(a, b):
+        return sum(float((a[k].float() - b[k].float()).norm()) for k in raw if raw[k].is_floating_point())
+
+    # A fixed 0.999 would leave the average 99.6% initial weights after 4 steps; the warm-up follows the network.
+    assert distance(average, raw) < 0.5 * distance(initial, raw)
+
+
 def test_val_holdout_keeps_videos_out_and_selects_without_test_labels(small_cfg, tmp_path):
     trainer = Trainer(small_cfg.replace(val_holdout=2, val_interval=3, iters=6), progress=False)
     assert trainer.train_clips.videos.names == ["01", "02", "03", "04", "05", "06"]

@@ -1,0 +1,636 @@
+"""Detect anomalies in any video.
+
+    python detect.py --video=<file | folder of frames | camera index> --trained_model=<name or path>
+
+Every frame t >= clip_len-1 is predicted from the clip_len-1 frames before it (batched), at the checkpoint's size
+and channel layout (frames are resized to img_size x img_size and fed as RGB; grey video becomes three equal
+channels, as in training).  The video is streamed: only a few frames are ever in memory.  Writes results/<run>/:
+
+  scores.csv     frame, time_s, psnr, score, flagged (and label with --labels): one row per predicted frame
+  annotated.mp4  frame | predicted frame | prediction-error heatmap over the frame, under a banner with the score
+                 (green, red when flagged); as many frames as the input: the first clip_len-1 frames, which have no
+                 prediction, carry a grey "warming up" banner and an empty prediction panel
+  scores.png     score and PSNR against time, threshold, flagged intervals shaded (ground truth with --labels)
+  events.json    the flagged intervals (merged when less than --gap seconds apart) with their peak score
+  summary.json   the run: source, checkpoint, decision rule, counts, speed, AUC/EER with --labels
+
+Decision (--norm):
+  video   the benchmark protocol: PSNR min-max normalised over the whole video (score 1 = the worst frame of this
+          video); flagged when score >= --threshold (0.5).  Needs the whole video first, so it is offline only: two
+          passes (scores, then the annotated video).  Every video, even a normal one, has a frame scored 1.
+  causal  a frame's score is the fraction of normal calibration frames predicted better than it (calibration.py);
+          flagged at a fixed PSNR threshold that a normal frame falls below with probability --fpr.  Never uses a
+          later frame; the only choice for a camera.  Default for cameras (and with --calibrate); video files and
+          folders default to video.
+
+Calibration (causal): <checkpoint stem>.calibration.json beside the checkpoint, computed automatically on first
+use from the checkpoint's training data when it is present, or explicitly with --calibrate (the training data; use
+--data_root if it moved) or --calibrate=<video or folder of normal activity> (your own camera's normal footage:
+the right choice for a scene the model was not trained on).
+
+--labels=<csv>: the anomalous intervals of this video in the format of tools/prepare_data.py (one
+"video, first frame, last frame" per line, 0-based inclusive, the video named by its file or folder name): the run
+then also reports frame-level AUC and EER.  For a camera, Ctrl-C ends the run and writes everything; for a file it
+aborts (no output file is left half-written).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from config import _OneLineParser, _parse_bool
+from errors import UserError, run_cli
+
+BANNER_GREEN = (40, 150, 40)  # BGR
+BANNER_RED = (30, 30, 200)
+BANNER_GREY = (110, 110, 110)
+DEFAULT_HEAT_MAX = 0.02  # squared error on [0, 1] at which the heatmap saturates (about 14% intensity error)
+
+
+# --- command line ---------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(prog="detect.py", description=__doc__, allow_abbrev=False,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--video", required=True, help="a video file, a folder of frames, or a camera index (0)")
+    p.add_argument("--trained_model", required=True, help="checkpoint name in --weights_dir or a path")
+    p.add_argument("--weights_dir", default="weights")
+    p.add_argument("--results_dir", default="results")
+    p.add_argument("--run", default="", help="results/<run>/ (default <video name>_<checkpoint name>)")
+    p.add_argument("--output", default="", help="write here instead of results/<run>/")
+    p.add_argument("--norm", choices=("video", "causal"), default=None,
+                   help="video (benchmark min-max, offline) or causal (calibrated); default causal for a camera, "
+                        "video otherwise")
+    p.add_argument("--fpr", type=float, default=0.01, help="causal: target false-alarm rate on normal frames")
+    p.add_argument("--threshold", type=float, default=0.5, help="video: flag frames with min-max score >= this")
+    p.add_argument("--calibrate", nargs="?", const="dataset", default="",
+                   help="(re)compute the causal calibration from the checkpoint's training data, or from "
+                        "--calibrate=<video or folder of normal activity>")
+    p.add_argument("--calibration", default="", help="calibration file (default beside the checkpoint)")
+    p.add_argument("--data_root", default="", help="where the checkpoint's dataset is (default: as trained)")
+    p.add_argument("--cache_dir", default="", help="frame cache for calibration (default: as trained)")
+    p.add_argument("--labels", default="", help="anomalous intervals of this video (video, first, last; 0-based)")
+    p.add_argument("--gap", type=float, default=1.0, help="merge flagged intervals closer than this (seconds)")
+    p.add_argument("--fps", type=float, default=0.0, help="frame rate (default: the video's; 25 for a folder)")
+    p.add_argument("--max_frames", type=int, default=0, help="stop after this many frames (0 = all)")
+    p.add_argument("--sigma", type=float, default=None, help="smoothing of the error map in model pixels")
+    p.add_argument("--heat_max", type=float, default=DEFAULT_HEAT_MAX,
+                   help="squared error at which the heatmap saturates")
+    p.add_argument("--img_size", type=int, default=0, help="must equal the checkpoint's (frames are resized to it)")
+    p.add_argument("--batch_size", type=int, default=0, help="frames per forward pass (0 = 4 on CPU, 32 on CUDA)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"))
+    p.add_argument("--channels_last", default="auto", choices=("auto", "on", "off"))
+    p.add_argument("--num_threads", type=int, default=0)
+    p.add_argument("--progress", type=_parse_bool, nargs="?", const=True, default=True, metavar="BOOL")
+    return p
+
+
+def check_options(args: argparse.Namespace) -> None:
+    if not 0 < args.fpr < 1:
+        raise UserError(f"--fpr={args.fpr} must be between 0 and 1 (a false-alarm rate such as 0.01)")
+    for name in ("gap", "fps", "max_frames", "batch_size", "num_threads"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.heat_max <= 0:
+        raise UserError(f"--heat_max must be > 0, got {args.heat_max}")
+
+
+# --- the checkpoint -------------------------------------------------------------------------------------------
+
+def load_generator(args: argparse.Namespace):
+    """(config, generator, checkpoint path) with the generator checked to run on the frames detect.py will feed."""
+    import torch
+
+    from checkpoint import load_checkpoint, resolve_checkpoint
+    from config import config_from_dict
+    from models import build_generator
+
+    path = resolve_checkpoint(args.trained_model, args.weights_dir)
+    state = load_checkpoint(path)
+    if "generator" not in state or "config" not in state:
+        raise UserError(f"{path} has no generator or config: pass a checkpoint written by train.py")
+    overrides = {k: getattr(args, k) for k in ("device", "amp", "channels_last", "num_threads", "data_root",
+                                               "cache_dir") if getattr(args, k)}
+    overrides["eval_batch_size"] = args.batch_size  # 0 = automatic: the training machine's setting does not apply
+    cfg = config_from_dict(state["config"]).replace(**overrides)
+    if args.img_size and args.img_size != cfg.img_size:
+        raise UserError(f"--img_size={args.img_size} but {path} was trained on {cfg.img_size}x{cfg.img_size} frames: "
+                        f"detect.py resizes every frame to the checkpoint's size, drop --img_size")
+    generator = build_generator(cfg)
+    n_channels = 3 * cfg.n_inputs
+    own, theirs = generator.state_dict(), state["generator"]
+    for key in own:
+        if key not in theirs or tuple(theirs[key].shape) != tuple(own[key].shape):
+            got = tuple(theirs[key].shape) if key in theirs else "missing"
+            hint = ""
+            if key in theirs and len(own[key].shape) == 4 and theirs[key].shape[1] != own[key].shape[1] \
+                    and own[key].shape[1] == n_channels:
+                hint = (f": it takes {theirs[key].shape[1]} input channels, but its config ({cfg.n_inputs} RGB "
+                        f"frames) gives {n_channels}: a checkpoint of another channel count")
+            raise UserError(f"{path}: generator layer {key} is {got}, expected {tuple(own[key].shape)} for "
+                            f"--model={cfg.model} width {cfg.base_channels}{hint}")
+    generator.load_state_dict(theirs)
+    generator.eval()
+    try:
+        with torch.inference_mode():
+            out = generator(torch.zeros(1, n_channels, cfg.img_size, cfg.img_size))
+    except RuntimeError as exc:
+        raise UserError(f"{path}: the generator does not run on {cfg.img_size}x{cfg.img_size} frames with "
+                        f"{n_channels} channels ({str(exc).splitlines()[0]})") from None
+    if tuple(out.shape) != (1, 3, cfg.img_size, cfg.img_size):
+        raise UserError(f"{path}: the generator turns {cfg.img_size}x{cfg.img_size} frames into {tuple(out.shape)}, "
+                        f"not one {cfg.img_size}x{cfg.img_size} RGB frame: a checkpoint of another size")
+    return cfg, generator, Path(path)
+
+
+# --- streaming prediction -------------------------------------------------------------------------------------
+
+@dataclass
+class Prediction:
+    index: int
+    frame: np.ndarray  # the source frame, BGR uint8
+    psnr: Optional[float] = None  # None while warming up (fewer than clip_len-1 frames before it)
+    predicted: Optional[np.ndarray] = None  # RGB uint8 (S, S, 3)
+    amap: Optional[np.ndarray] = None  # anomaly map (S, S) float32
+
+
+def to_model_frame(frame_bgr: np.ndarray, size: int) -> np.ndarray:
+    """The same preprocessing as the frame cache of training (dataset.decode_frame): linear resize, RGB."""
+    import cv2
+
+    if frame_bgr.shape[:2] != (size, size):
+        frame_bgr = cv2.resize(frame_bgr, (size, size), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(frame_bgr[:, :, ::-1])
+
+
+class StreamPredictor:
+    """Predicts each frame from the clip_len-1 before it, ``batch_size`` targets per forward pass.
+
+    A target's clip holds only frames before it, and frames of a batch do not interact (BatchNorm runs in eval
+    mode), so a frame's PSNR never depends on a later frame.
+    """
+
+    def __init__(self, generator, cfg, device, amp_dtype, channels_last: bool, sigma: float, maps: bool = True):
+        self.generator, self.cfg, self.device = generator, cfg, device
+        self.amp_dtype, self.channels_last, self.sigma, self.maps = amp_dtype, channels_last, sigma, maps
+        self.batch_size = cfg.eval_batch_size or (32 if device.type == "cuda" else 4)
+
+    def run(self, frames: Iterable[np.ndarray]) -> Iterator[Prediction]:
+        n_inputs = self.cfg.n_inputs
+        history: deque = deque(maxlen=n_inputs)
+        pending: list = []
+        for index, frame in enumerate(frames):
+            small = to_model_frame(frame, self.cfg.img_size)
+            if len(history) < n_inputs:
+                yield Prediction(index, frame)
+            else:
+                pending.append((index, frame, np.stack([*history, small])))
+                if len(pending) == self.batch_size:
+                    yield from self._flush(pending)
+                    pending = []
+            history.append(small)
+        if pending:
+            yield from self._flush(pending)
+
+    def _flush(self, pending: list) -> list[Prediction]:
+        import torch
+
+        from dataset import to_model_range
+        from localization import anomaly_maps
+        from metrics import psnr
+        from runtime import autocast
+
+        with torch.inference_mode():
+            x = to_model_range(torch.from_numpy(np.stack([clip for _, _, clip in pending])).to(self.device))
+            inputs = x[:, :-1].flatten(1, 2)
+            if self.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.amp_dtype):
+                prediction = self.generator(inputs)
+            prediction, target = prediction.float(), x[:, -1]
+            values = psnr(prediction, target).cpu().numpy()
+            if not self.maps:
+                return [Prediction(i, f, float(v)) for (i, f, _), v in zip(pending, values)]
+            maps = anomaly_maps(prediction, target, self.sigma).cpu().numpy()
+            images = ((prediction + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).movedim(1, -1).cpu().numpy()
+        return [Prediction(i, f, float(v), im, m) for (i, f, _), v, im, m in zip(pending, values, images, maps)]
+
+
+class FrameFeed:
+    """The source's frames with a frame limit, read times, and (cameras) a clean stop on the first Ctrl-C."""
+
+    def __init__(self, frames: Iterable[np.ndarray], max_frames: int = 0, live: bool = False):
+        self.frames, self.max_frames, self.live = frames, max_frames, live
+        self.times: list[float] = []
+        self.stopped = False
+        self._start = None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self._start = time.perf_counter()
+        for frame in self.frames:
+            if self.stopped or (self.max_frames and len(self.times) >= self.max_frames):
+                return
+            self.times.append(time.perf_counter() - self._start)
+            yield frame
+
+    def stop(self, *_args) -> None:
+        if self.stopped:  # a second Ctrl-C aborts
+            raise KeyboardInterrupt
+        self.stopped = True
+
+
+# --- rendering ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Layout:
+    panel_w: int
+    panel_h: int
+    banner_h: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return 3 * self.panel_w, self.panel_h + self.banner_h
+
+    @classmethod
+    def for_source(cls, width: int, height: int) -> "Layout":
+        """Panels at the source's height clamped to 120..360 px, aspect kept, even sizes (what codecs want)."""
+        h = int(np.clip(height, 120, 360))
+        w = max(2, int(round(width * h / height / 2)) * 2)
+        h -= h % 2
+        return cls(w, h, max(20, (h // 9) // 2 * 2))
+
+
+def _put_text(image: np.ndarray, text: str, origin: tuple[int, int], scale: float, color=(255, 255, 255)) -> None:
+    import cv2
+
+    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+
+
+def _banner(layout: Layout, text: str, color: tuple[int, int, int]) -> np.ndarray:
+    import cv2
+
+    width = layout.size[0]
+    banner = np.empty((layout.banner_h, width, 3), np.uint8)
+    banner[:] = color
+    scale = layout.banner_h / 40
+    text_w = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+    if text_w > width - 12:
+        scale *= (width - 12) / text_w
+    cv2.putText(banner, text, (6, int(layout.banner_h * 0.7)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return banner
+
+
+def heat_overlay(frame: np.ndarray, amap: np.ndarray, heat_max: float) -> np.ndarray:
+    """The map in the JET colour map over the frame, opaque where the error is large, transparent where it is 0."""
+    import cv2
+
+    value = np.clip(cv2.resize(amap, frame.shape[1::-1], interpolation=cv2.INTER_LINEAR) / heat_max, 0, 1)
+    colour = cv2.applyColorMap((value * 255).astype(np.uint8), cv2.COLORMAP_JET).astype(np.float32)
+    alpha = 0.7 * value[..., None]
+    return (frame.astype(np.float32) * (1 - alpha) + colour * alpha).astype(np.uint8)
+
+
+def render(layout: Layout, p: Prediction, banner: str, color, heat_max: float) -> np.ndarray:
+    import cv2
+
+    size = (layout.panel_w, layout.panel_h)
+    frame = cv2.resize(p.frame, size, interpolation=cv2.INTER_AREA)
+    if p.predicted is None:
+        predicted = np.zeros_like(frame)
+        _put_text(predicted, "no prediction yet", (6, layout.panel_h // 2), layout.banner_h / 55)
+        heat = frame.copy()
+    else:
+        predicted = cv2.resize(np.ascontiguousarray(p.predicted[:, :, ::-1]), size, interpolation=cv2.INTER_LINEAR)
+        heat = heat_overlay(frame, p.amap, heat_max)
+    scale = layout.banner_h / 60
+    for panel, caption in ((frame, "input"), (predicted, "predicted"), (heat, "prediction error")):
+        _put_text(panel, caption, (5, layout.panel_h - 7), scale)
+    return np.vstack([_banner(layout, banner, color), np.hstack([frame, predicted, heat])])
+
+
+def banner_text(p: Prediction, t: float, score: float, flagged: bool, n_inputs: int) -> str:
+    if p.psnr is None:
+        return f"frame {p.index}  t={t:.2f}s  warming up: needs {n_inputs} previous frames"
+    return (f"frame {p.index}  t={t:.2f}s  PSNR {p.psnr:.2f} dB  score {score:.3f}"
+            + ("  ANOMALY" if flagged else ""))
+
+
+# --- events, labels, plots ------------------------------------------------------------------------------------
+
+def merge_events(frames: np.ndarray, flagged: np.ndarray, scores: np.ndarray, times: np.ndarray,
+                 max_gap: int) -> list[dict]:
+    """Runs of flagged frames, merged when at most ``max_gap`` unflagged frames separate them."""
+    events: list[dict] = []
+    for k in np.flatnonzero(flagged):
+        if events and frames[k] - events[-1]["_last"] - 1 <= max_gap:
+            event = events[-1]
+        else:
+            event = {"_first": k, "_peak": k, "flagged_frames": 0}
+            events.append(event)
+        event["_last"] = frames[k]
+        event["_last_k"] = k
+        event["flagged_frames"] += 1
+        if scores[k] > scores[event["_peak"]]:
+            event["_peak"] = k
+    out = []
+    for e in events:
+        first, last, peak = e["_first"], e["_last_k"], e["_peak"]
+        out.append({
+            "start_frame": int(frames[first]), "end_frame": int(frames[last]),
+            "start_s": round(float(times[first]), 3), "end_s": round(float(times[last]), 3),
+            "peak_score": round(float(scores[peak]), 6), "peak_frame": int(frames[peak]),
+            "peak_s": round(float(times[peak]), 3), "flagged_frames": int(e["flagged_frames"]),
+        })
+    return out
+
+
+def read_labels(path: str, video_name: str):
+    """Intervals of this video from a tools/prepare_data.py interval file (checked now, applied after the run)."""
+    from preparation import read_interval_file
+
+    intervals = read_interval_file(Path(path))
+    names = {video_name}
+    unknown = [v for v in intervals if v not in names and Path(v).stem not in names]
+    if unknown:
+        raise UserError(f"{path}: '{unknown[0]}' is not this video (named '{video_name}'): name the video by its "
+                        f"file or folder name")
+    return intervals
+
+
+def labels_for(path: str, intervals, video_name: str, n_frames: int) -> np.ndarray:
+    from preparation import labels_from_intervals
+
+    renamed = {video_name: [span for spans in intervals.values() for span in spans]}
+    return labels_from_intervals(Path(path), renamed, [video_name], [n_frames])[0]
+
+
+def scores_csv(frames: np.ndarray, times: np.ndarray, psnrs: np.ndarray, scores: np.ndarray, flagged: np.ndarray,
+               labels: Optional[np.ndarray]) -> str:
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["frame", "time_s", "psnr", "score", "flagged"] + (["label"] if labels is not None else []))
+    for k in range(len(frames)):
+        writer.writerow([int(frames[k]), f"{times[k]:.3f}", f"{psnrs[k]:.4f}", f"{scores[k]:.6f}", int(flagged[k])]
+                        + ([int(labels[k])] if labels is not None else []))
+    return rows.getvalue()
+
+
+def plot_scores(path: Path, times: np.ndarray, scores: np.ndarray, psnrs: np.ndarray, threshold: float,
+                psnr_threshold: Optional[float], events: list[dict], labels: Optional[np.ndarray], title: str,
+                frame_s: float) -> None:
+    from evaluation import _pyplot, _save_figure
+
+    plt = _pyplot()
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 4.6), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    for axis in (top, bottom):
+        for k, e in enumerate(events):
+            axis.axvspan(e["start_s"], e["end_s"] + frame_s, color="tab:red", alpha=0.18, lw=0,
+                         label="flagged" if k == 0 and axis is top else None)
+    if labels is not None:
+        top.fill_between(times, -0.06, -0.06 + 0.05 * labels, step="mid", color="tab:orange",
+                         label="ground truth (anomalous)")
+    top.plot(times, scores, color="tab:blue", lw=1, label="anomaly score")
+    top.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:g}")
+    top.set(ylabel="score", ylim=(-0.08, 1.04), title=title)
+    top.legend(loc="center left", fontsize=7, ncol=2)
+    bottom.plot(times, psnrs, color="tab:green", lw=1)
+    if psnr_threshold is not None:
+        bottom.axhline(psnr_threshold, color="tab:red", ls="--", lw=1)
+    bottom.set(xlabel="time (s)", ylabel="PSNR (dB)")
+    _save_figure(figure, path)
+
+
+# --- the run --------------------------------------------------------------------------------------------------
+
+def prepare_output(args: argparse.Namespace, source, checkpoint: Path) -> Path:
+    import tempfile
+
+    if args.output:
+        folder = Path(args.output)
+    else:
+        run = args.run or f"{source.name}_{checkpoint.stem}"
+        if source.kind == "camera" and not args.run:
+            run += time.strftime("_%Y%m%d-%H%M%S")
+        folder = Path(args.results_dir) / run
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write to output folder {folder} ({exc.strerror or exc}): choose another with "
+                        f"--output or --results_dir") from None
+    return folder
+
+
+def get_calibration(args, cfg, generator, checkpoint: Path, device, amp_dtype, channels_last, sigma):
+    """The causal calibration: loaded, or computed (and saved) when asked, missing or made for another checkpoint."""
+    import calibration as cal
+
+    path = Path(args.calibration) if args.calibration else cal.calibration_path(checkpoint)
+    sha = cal.file_sha256(checkpoint)
+    if not args.calibrate and path.exists():
+        existing = cal.Calibration.load(path)
+        if existing.checkpoint_sha256 == sha and existing.img_size == cfg.img_size:
+            return existing, path, False
+        if not args.calibration and not cal.dataset_available(cfg):
+            raise UserError(f"calibration {path} was made for another checkpoint: run with --calibrate (the "
+                            f"training data) or --calibrate=<video of normal activity>")
+        print(f"note: {path} was made for another checkpoint: calibrating again")
+    if args.calibrate and args.calibrate != "dataset":
+        from video_io import open_source
+
+        normal = open_source(args.calibrate, args.fps)
+        predictor = StreamPredictor(generator, cfg, device, amp_dtype, channels_last, sigma, maps=False)
+        values = [p.psnr for p in _progress(predictor.run(normal.frames()), normal.n_frames, "calibrating",
+                                            args.progress) if p.psnr is not None]
+        result = cal.from_psnr(values, f"normal footage {args.calibrate}", sha, cfg.img_size, optimistic=False,
+                               videos=[normal.name], note="user-supplied normal footage")
+    else:
+        if not cal.dataset_available(cfg):
+            from dataset import frames_dir
+            raise UserError(f"no calibration for {checkpoint} ({path} does not exist) and no training frames at "
+                            f"{frames_dir(cfg, 'training')} to make one: pass --data_root=<folder with "
+                            f"{cfg.dataset}/>, or --calibrate=<video of normal activity>, or use --norm=video")
+        print(f"calibrating the causal score on the normal training frames of {cfg.dataset} (once; saved to {path})")
+        result = cal.from_dataset(generator, cfg, device, amp_dtype, channels_last, sha, args.progress)
+    result.save(path, checkpoint, {"amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"})
+    return cal.Calibration.load(path), path, True  # as stored (4 decimals): this run and later ones agree
+
+
+def _progress(iterable, total, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="frame", disable=not enabled, dynamic_ncols=True,
+                leave=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_options(args)
+    import torch
+
+    from localization import DEFAULT_SIGMA
+    from metrics import anomaly_scores, equal_error_rate, micro_auc
+    from runtime import configure_threads, resolve_amp, resolve_device, use_channels_last
+    from video_io import atomic_video, open_source
+
+    source = open_source(args.video, args.fps)
+    try:
+        intervals = read_labels(args.labels, source.name) if args.labels else None
+        cfg, generator, checkpoint = load_generator(args)
+        norm = args.norm or ("causal" if source.kind == "camera" or args.calibrate or args.calibration else "video")
+        if norm == "video" and source.kind == "camera":
+            raise UserError("--norm=video needs the whole video (per-video min-max): a camera has none, use "
+                            "--norm=causal")
+        folder = prepare_output(args, source, checkpoint)
+        configure_threads(cfg)
+        device = resolve_device(cfg.device)
+        amp_dtype = resolve_amp(cfg, device)
+        channels_last = use_channels_last(cfg, device)
+        generator = generator.to(device, memory_format=torch.channels_last if channels_last else
+                                 torch.contiguous_format)
+        sigma = DEFAULT_SIGMA if args.sigma is None else args.sigma
+        calib = None
+        if norm == "causal":
+            calib, calib_path, _ = get_calibration(args, cfg, generator, checkpoint, device, amp_dtype,
+                                                      channels_last, sigma)
+            print(f"causal calibration: {calib.n_frames} normal frames from {calib.source}"
+                  + (" (optimistic: the network trained on them)" if calib.optimistic else "")
+                  + f"; flag below {calib.psnr_threshold(args.fpr):.2f} dB (fpr {args.fpr:g})")
+            if args.fpr < calib.smallest_fpr():
+                print(f"note: {calib.n_frames} calibration frames cannot set a false-alarm rate below "
+                      f"{calib.smallest_fpr():.2g}; --fpr={args.fpr:g} flags only frames worse than all of them")
+        predictor = StreamPredictor(generator, cfg, device, amp_dtype, channels_last, sigma)
+        layout = Layout.for_source(source.width, source.height)
+        n_inputs = cfg.n_inputs
+        live = source.kind == "camera"
+        total = min(filter(None, (source.n_frames, args.max_frames)), default=None)
+        start = time.perf_counter()
+
+        frames_idx: list[int] = []
+        psnrs: list[float] = []
+        if norm == "video":  # pass 1: PSNR only, then the per-video min-max
+            feed = FrameFeed(source.frames(), args.max_frames)
+            scorer = StreamPredictor(generator, cfg, device, amp_dtype, channels_last, sigma, maps=False)
+            for p in _progress(scorer.run(feed), total, "scoring (pass 1 of 2)", args.progress):
+                if p.psnr is not None:
+                    frames_idx.append(p.index)
+                    psnrs.append(p.psnr)
+            if not psnrs:
+                raise UserError(f"{args.video} has {len(feed.times)} frames: at least {cfg.clip_len} are needed to "
+                                f"predict one (clip_len {cfg.clip_len})")
+            video_scores = anomaly_scores(np.asarray(psnrs))
+            score_of = dict(zip(frames_idx, video_scores))
+            frames_idx, psnrs = [], []
+
+        feed = FrameFeed(source.frames(), args.max_frames, live)
+        previous_handler = signal.signal(signal.SIGINT, feed.stop) if live else None
+        scores: list[float] = []
+        n_frames = 0
+        try:
+            with atomic_video(folder / "annotated.mp4", source.fps, layout.size) as writer:
+                desc = "detecting" + (" (pass 2 of 2)" if norm == "video" else "")
+                for p in _progress(predictor.run(feed), total, desc, args.progress):
+                    n_frames += 1
+                    t = feed.times[p.index] if live else p.index / source.fps
+                    if p.psnr is None:
+                        writer.write(render(layout, p, banner_text(p, t, 0, False, n_inputs), BANNER_GREY,
+                                            args.heat_max))
+                        continue
+                    if norm == "video":
+                        if p.index not in score_of:
+                            raise UserError(f"{args.video} changed while it was read (frame {p.index} is new)")
+                        score = float(score_of[p.index])
+                        flagged = score >= args.threshold
+                    else:
+                        score = float(calib.scores([p.psnr])[0])
+                        flagged = bool(calib.flagged([p.psnr], args.fpr)[0])
+                    frames_idx.append(p.index)
+                    psnrs.append(p.psnr)
+                    scores.append(score)
+                    writer.write(render(layout, p, banner_text(p, t, score, flagged, n_inputs),
+                                        BANNER_RED if flagged else BANNER_GREEN, args.heat_max))
+                if not psnrs:
+                    raise UserError(f"{args.video} has {n_frames} frames: at least {cfg.clip_len} are needed to "
+                                    f"predict one (clip_len {cfg.clip_len})")
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+        seconds = time.perf_counter() - start
+        if norm == "video" and len(psnrs) != len(score_of):
+            raise UserError(f"{args.video} gave {len(psnrs)} predicted frames on the second pass but "
+                            f"{len(score_of)} on the first: the file changed while it was read")
+
+        frames_arr, psnr_arr, score_arr = np.asarray(frames_idx), np.asarray(psnrs), np.asarray(scores)
+        times = np.asarray([feed.times[i] for i in frames_idx]) if live else frames_arr / source.fps
+        if norm == "video":
+            flagged_arr = score_arr >= args.threshold
+            threshold, psnr_threshold = args.threshold, None
+        else:
+            flagged_arr = calib.flagged(psnr_arr, args.fpr)
+            threshold, psnr_threshold = 1.0 - args.fpr, calib.psnr_threshold(args.fpr)
+        events = merge_events(frames_arr, flagged_arr, score_arr, times, int(round(args.gap * source.fps)))
+        labels = labels_for(args.labels, intervals, source.name, n_frames)[frames_arr] if intervals is not None \
+            else None
+
+        # --- files (each written to a temporary name and renamed) ---------------------------------------------
+        from ioutil import atomic_write_text
+
+        atomic_write_text(folder / "scores.csv", scores_csv(frames_arr, times, psnr_arr, score_arr, flagged_arr,
+                                                            labels))
+
+        summary = {
+            "video": args.video, "source_kind": source.kind, "fps": source.fps, "frames": n_frames,
+            "predicted_frames": int(len(frames_arr)), "warm_up_frames": min(n_frames, n_inputs),
+            "checkpoint": str(checkpoint), "img_size": cfg.img_size, "clip_len": cfg.clip_len, "norm": norm,
+            "threshold": threshold, "flagged_frames": int(flagged_arr.sum()), "events": len(events),
+            "merge_gap_s": args.gap, "map_sigma_px": sigma, "seconds": round(seconds, 2),
+            "frames_per_second": round(n_frames / seconds, 2) if seconds > 0 else None,
+            "passes": 2 if norm == "video" else 1, "stopped_by_user": feed.stopped,
+        }
+        if calib is not None:
+            summary.update(fpr=args.fpr, psnr_threshold=psnr_threshold, calibration=str(calib_path),
+                           calibration_source=calib.source, calibration_frames=calib.n_frames,
+                           calibration_optimistic=calib.optimistic)
+        if labels is not None:
+            has_both = 0 < labels.sum() < len(labels)
+            summary.update(labels=args.labels, anomalous_frames=int(labels.sum()),
+                           auc=micro_auc([score_arr], [labels]) if has_both else None,
+                           eer=equal_error_rate(score_arr, labels) if has_both else None)
+        atomic_write_text(folder / "events.json", json.dumps({"video": args.video, "norm": norm,
+                                                              "threshold": threshold, "merge_gap_s": args.gap,
+                                                              "events": events}, indent=2) + "\n")
+        atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+        title = f"{source.name}: {norm} scores ({checkpoint.stem})"
+        plot_scores(folder / "scores.png", times, score_arr, psnr_arr, threshold, psnr_threshold, events, labels,
+                    title, 1.0 / source.fps)
+    finally:
+        source.close()
+
+    line = (f"{args.video}: {n_frames} frames ({len(frames_arr)} predicted) in {seconds:.1f} s = "
+            f"{n_frames / max(seconds, 1e-9):.1f} frames/s{' over 2 passes' if norm == 'video' else ''}; "
+            f"{int(flagged_arr.sum())} flagged ({100 * flagged_arr.mean():.1f}%) in {len(events)} events; "
+            f"norm={norm}")
+    if labels is not None:
+        line += ("; " + (f"AUC {100 * summary['auc']:.2f}%, EER {100 * summary['eer']:.2f}%" if summary["auc"]
+                        is not None else "AUC n/a (the labels do not mark both classes among predicted frames)"))
+    print(line)
+    print(f"wrote {folder}/ (annotated.mp4, scores.csv, scores.png, events.json, summary.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,333 @@
+"""detect.py end to end on a synthetic video with one anomalous segment, its causal mode, and its bad inputs.
+
+The checkpoint is a 32x32 U-Net of width 8 trained here for a few dozen steps on the normal synthetic scene, whose
+config points at a two-video prepared training split of the same scene (for the automatic calibration).
+"""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import detect
+from calibration import Calibration, calibration_path
+from checkpoint import save_checkpoint
+from config import preset
+from conftest import ROOT
+from errors import UserError
+from video_io import count_frames
+
+W, H, N, FPS = 64, 48, 80, 10.0
+ANOMALY = (40, 55)  # frames [40, 55) hold the anomaly
+
+
+def scene(n: int, seed: int, anomaly: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """A textured background with a dark disk walking right at 1 px/frame; during ``anomaly`` a bright square jumps
+    to a random place every frame (nothing normal moves like that)."""
+    rng = np.random.default_rng(seed)
+    texture = cv2.resize(np.random.default_rng(7).random((6, 8)), (W, H), interpolation=cv2.INTER_CUBIC)
+    background = np.clip(90 + 40 * texture, 0, 255)
+    frames = []
+    for t in range(n):
+        frame = background.copy()
+        x = (10 + t + 7 * seed) % (W + 10) - 5
+        cv2.circle(frame, (int(x), 24), 5, 30, -1)
+        if anomaly and anomaly[0] <= t < anomaly[1]:
+            y0, x0 = rng.integers(0, H - 12), rng.integers(0, W - 12)
+            frame[y0:y0 + 12, x0:x0 + 12] = 250
+        frames.append(np.repeat(frame[..., None], 3, axis=2).astype(np.uint8))
+    return frames
+
+
+def write_mp4(path: Path, frames) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (W, H))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def write_folder(path: Path, frames) -> Path:
+    path.mkdir(parents=True)
+    for t, frame in enumerate(frames):
+        cv2.imwrite(str(path / f"{t:03d}.png"), frame)
+    return path
+
+
+def train_tiny(cfg, frames, steps: int = 60):
+    """A few Adam steps of the U-Net on clips of the normal scene (intensity loss): enough to learn the scene."""
+    from dataset import to_model_range
+    from models import build_generator
+
+    torch.manual_seed(0)
+    generator = build_generator(cfg)
+    small = np.stack([detect.to_model_frame(f, cfg.img_size) for f in frames])
+    clips = torch.from_numpy(np.stack([small[s:s + cfg.clip_len] for s in range(len(small) - cfg.clip_len + 1)]))
+    optimizer = torch.optim.Adam(generator.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        x = to_model_range(clips[rng.choice(len(clips), 8, replace=False)])
+        loss = (generator(x[:, :-1].flatten(1, 2)) - x[:, -1]).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return generator.eval()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("detect")
+    normal = scene(120, seed=1)
+    # the normal scene also as a prepared training split (2 videos of 30 frames): the checkpoint's "dataset"
+    for k, start in enumerate((0, 60)):
+        write_folder(root / "data" / "ped2" / "training" / "frames" / f"{k + 1:02d}", normal[start:start + 30])
+    cfg = preset("ped2").replace(img_size=32, base_channels=8, flownet="none", data_root=str(root / "data"),
+                                 cache_dir=str(root / "cache"), device="cpu", amp="off", channels_last="off")
+    generator = train_tiny(cfg, normal)
+    save_checkpoint(root / "tiny.pth", {"step": 60, "generator": generator.state_dict(), "config": cfg.__dict__})
+    test_frames = scene(N, seed=2, anomaly=ANOMALY)
+    labels = root / "labels.csv"
+    labels.write_text(f"video,start,end\ntest,{ANOMALY[0]},{ANOMALY[1] - 1}\n")
+    return {
+        "root": root, "cfg": cfg, "checkpoint": root / "tiny.pth", "frames": test_frames, "labels": labels,
+        "video": write_mp4(root / "test.mp4", test_frames), "normal": write_mp4(root / "normal.mp4", normal),
+    }
+
+
+def fresh_checkpoint(world, tmp_path, name="tiny.pth") -> Path:
+    """A private copy (its calibration file lands beside it)."""
+    path = tmp_path / name
+    path.write_bytes(world["checkpoint"].read_bytes())
+    return path
+
+
+def run(*args: str) -> None:
+    assert detect.main([*args, "--progress=false"]) == 0
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def segment_split(rows, key):
+    inside = [float(r[key]) for r in rows if ANOMALY[0] <= int(r["frame"]) < ANOMALY[1]]
+    outside = [float(r[key]) for r in rows if not ANOMALY[0] <= int(r["frame"]) < ANOMALY[1]]
+    return np.mean(inside), np.mean(outside)
+
+
+def test_video_norm_writes_every_output_and_flags_the_anomaly(world, tmp_path, capsys):
+    out = tmp_path / "out"
+    run("--video", str(world["video"]), "--trained_model", str(world["checkpoint"]), "--output", str(out),
+        "--labels", str(world["labels"]))
+    for name in ("annotated.mp4", "scores.csv", "scores.png", "events.json", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+    assert count_frames(out / "annotated.mp4") == N  # warm-up frames are written too (grey banner)
+    capture = cv2.VideoCapture(str(out / "annotated.mp4"))
+    ok, first = capture.read()
+    capture.release()
+    assert ok and first.shape[1::-1] == detect.Layout.for_source(W, H).size  # three panels and a banner
+
+    rows = read_csv(out / "scores.csv")
+    assert list(rows[0]) == ["frame", "time_s", "psnr", "score", "flagged", "label"]
+    assert [int(r["frame"]) for r in rows] == list(range(4, N))  # one row per predicted frame
+    assert float(rows[1]["time_s"]) == pytest.approx(5 / FPS)
+    flagged_in, flagged_out = segment_split(rows, "flagged")
+    score_in, score_out = segment_split(rows, "score")
+    assert flagged_in > 0.8 and flagged_out < 0.2 and score_in > score_out + 0.3
+    events = json.loads((out / "events.json").read_text())["events"]
+    assert any(e["start_frame"] <= ANOMALY[0] + 1 and e["end_frame"] >= ANOMALY[1] - 2 for e in events)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["norm"] == "video" and summary["frames"] == N and summary["predicted_frames"] == N - 4
+    assert summary["auc"] > 0.95 and summary["eer"] < 0.1
+    printed = capsys.readouterr().out
+    assert "frames/s" in printed and "AUC" in printed
+
+
+def test_causal_norm_calibrates_on_normal_footage_and_flags_the_anomaly(world, tmp_path, capsys):
+    checkpoint = fresh_checkpoint(world, tmp_path)
+    out = tmp_path / "out"
+    run("--video", str(world["video"]), "--trained_model", str(checkpoint), "--output", str(out), "--norm=causal",
+        f"--calibrate={world['normal']}", "--fpr=0.05")
+    calib = Calibration.load(calibration_path(checkpoint))  # <checkpoint stem>.calibration.json beside it
+    assert calib.n_frames == 120 - 4 and not calib.optimistic and "normal footage" in calib.source
+    rows = read_csv(out / "scores.csv")
+    assert len(rows) == N - 4 and count_frames(out / "annotated.mp4") == N
+    flagged_in, flagged_out = segment_split(rows, "flagged")
+    assert flagged_in > 0.8 and flagged_out < 0.25
+    for r in rows:  # the score is the tail probability of the frame's own PSNR
+        assert float(r["score"]) == pytest.approx(calib.scores([float(r["psnr"])])[0], abs=1e-5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["psnr_threshold"] == pytest.approx(calib.psnr_threshold(0.05))
+    assert "causal calibration: 116 normal frames" in capsys.readouterr().out
+
+
+def test_causal_scores_never_depend_on_later_frames(world, tmp_path):
+    checkpoint = fresh_checkpoint(world, tmp_path)
+    t = 30
+    changed = [f if k <= t else np.random.default_rng(k).integers(0, 256, f.shape, dtype=np.uint8)
+               for k, f in enumerate(world["frames"])]
+    a = write_folder(tmp_path / "a", world["frames"])  # PNG frames: lossless, so only the later frames differ
+    b = write_folder(tmp_path / "b", changed)
+    for folder in (a, b):
+        calibrate = f"--calibrate={world['normal']}" if folder is a else "--fps=10"  # b reuses a's calibration
+        run("--video", str(folder), "--trained_model", str(checkpoint), "--output",
+            str(tmp_path / f"out_{folder.name}"), "--norm=causal", calibrate)
+    rows_a, rows_b = read_csv(tmp_path / "out_a" / "scores.csv"), read_csv(tmp_path / "out_b" / "scores.csv")
+    upto = [(r["psnr"], r["score"], r["flagged"]) for r in rows_a if int(r["frame"]) <= t]
+    assert upto == [(r["psnr"], r["score"], r["flagged"]) for r in rows_b if int(r["frame"]) <= t]
+    assert rows_a[-1]["psnr"] != rows_b[-1]["psnr"]  # the later frames did change
+    # the video norm, by contrast, rescales every frame when later frames change
+    for folder in (a, b):
+        run("--video", str(folder), "--trained_model", str(checkpoint), "--output", str(tmp_path / f"v_{folder.name}"))
+    va, vb = read_csv(tmp_path / "v_a" / "scores.csv"), read_csv(tmp_path / "v_b" / "scores.csv")
+    assert [r["score"] for r in va if int(r["frame"]) <= t] != [r["score"] for r in vb if int(r["frame"]) <= t]
+
+
+def test_first_causal_use_calibrates_on_the_training_split_and_a_new_checkpoint_recalibrates(world, tmp_path,
+                                                                                             capsys):
+    checkpoint = fresh_checkpoint(world, tmp_path)
+    args = ["--video", str(world["video"]), "--trained_model", str(checkpoint), "--norm=causal",
+            "--output", str(tmp_path / "out"), "--max_frames=12"]
+    run(*args)
+    calib = Calibration.load(calibration_path(checkpoint))
+    assert calib.optimistic and "ped2 training split" in calib.source and calib.n_frames == 2 * (30 - 4)
+    assert "calibrating the causal score" in capsys.readouterr().out
+    run(*args)  # reused: no second calibration
+    assert "calibrating" not in capsys.readouterr().out
+    state = torch.load(checkpoint, weights_only=True)
+    state["step"] += 1
+    torch.save(state, checkpoint)  # another checkpoint under the same name
+    run(*args)
+    assert "made for another checkpoint: calibrating again" in capsys.readouterr().out
+    assert len(read_csv(tmp_path / "out" / "scores.csv")) == 12 - 4
+
+
+def test_calibration_scores_by_hand():
+    calib = Calibration(np.array([40.0, 10.0, 30.0, 20.0]), 4, "hand", False, "x", 32)
+    assert list(calib.scores([5, 10, 25, 45])) == [1.0, 0.75, 0.5, 0.0]  # fraction of normal PSNRs above
+    assert calib.psnr_threshold(0.25) == 10.0 and list(calib.flagged([9.9, 10.0], 0.25)) == [True, False]
+    assert calib.psnr_threshold(0.5) == 20.0 and list(calib.flagged([19.9, 20.0], 0.5)) == [True, False]
+    values = np.random.default_rng(0).normal(30, 2, 1000)
+    in_sample = Calibration(values, 1000, "r", False, "x", 32).flagged(values, 0.01).mean()
+    assert 0.009 <= in_sample <= 0.01  # at most fpr of the normal frames, (m - 1) / n exactly
+
+
+def test_calibration_uses_the_videos_training_held_out():
+    from calibration import normal_videos
+    from dataset import VideoSet
+    from engine import split_holdout
+
+    names, counts = [f"{k:02d}" for k in range(1, 9)], [30] * 8
+    _, held_out = split_holdout(VideoSet(names, [np.zeros((n, 1, 1, 3), np.uint8) for n in counts]), 3)
+    ids, optimistic = normal_videos(names, counts, holdout=3, clip_len=5)
+    assert [names[i] for i in ids] == held_out.names and not optimistic
+    ids, optimistic = normal_videos(names, counts, holdout=0, clip_len=5)
+    assert ids == list(range(8)) and optimistic
+    ids, _ = normal_videos(names, counts, holdout=0, clip_len=5, cap=60)  # 8 x 26 frames thinned to <= 60
+    assert ids == [0, 4]
+
+
+def test_events_merge_across_short_gaps():
+    frames = np.arange(4, 30)
+    flagged = np.isin(frames, [5, 6, 9, 20, 21])
+    scores = np.where(flagged, 0.5, 0.1)
+    scores[frames == 9] = 0.9
+    events = detect.merge_events(frames, flagged, scores, frames / 10.0, max_gap=2)
+    assert [(e["start_frame"], e["end_frame"], e["flagged_frames"]) for e in events] == [(5, 9, 3), (20, 21, 2)]
+    assert events[0]["peak_frame"] == 9 and events[0]["peak_score"] == 0.9 and events[1]["start_s"] == 2.0
+    assert len(detect.merge_events(frames, flagged, scores, frames / 10.0, max_gap=0)) == 3
+
+
+def test_camera_feed_stops_cleanly_on_the_first_ctrl_c():
+    feed = detect.FrameFeed(iter(range(100)), live=True)
+    got = []
+    for frame in feed:
+        got.append(frame)
+        if frame == 5:
+            feed.stop()
+    assert got == list(range(6))
+    with pytest.raises(KeyboardInterrupt):
+        feed.stop()
+
+
+def test_a_failed_run_leaves_no_file_that_looks_complete(world, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = detect.render
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise RuntimeError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(detect, "render", failing)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="disk full"):
+        detect.main(["--video", str(world["video"]), "--trained_model", str(world["checkpoint"]), "--output",
+                     str(out), "--progress=false"])
+    assert list(out.iterdir()) == []
+
+
+# --- bad inputs -----------------------------------------------------------------------------------------------
+
+def bad(world, tmp_path, message: str, **changes) -> None:
+    args = {"video": str(world["video"]), "trained_model": str(world["checkpoint"]), "output": str(tmp_path / "o")}
+    args.update(changes)
+    argv = [f"--{k}={v}" for k, v in args.items() if v is not None] + ["--progress=false"]
+    with pytest.raises(UserError, match=message):
+        detect.main(argv)
+
+
+def test_bad_videos(world, tmp_path):
+    (tmp_path / "text.mp4").write_text("not a video")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "no_frames").mkdir()
+    (tmp_path / "no_frames" / "notes.txt").write_text("x")
+    short = write_mp4(tmp_path / "short.mp4", world["frames"][:3])
+    bad(world, tmp_path, "cannot open video .*text.mp4", video=tmp_path / "text.mp4")
+    bad(world, tmp_path, "video .*empty.mp4 is empty", video=tmp_path / "empty.mp4")
+    bad(world, tmp_path, "folder .*no_frames has no frames", video=tmp_path / "no_frames")
+    bad(world, tmp_path, "no such file or folder", video=tmp_path / "missing.mp4")
+    bad(world, tmp_path, "has 3 frames: at least 5 are needed", video=short)
+    bad(world, tmp_path, "cannot open camera 97", video="97")
+
+
+def test_bad_checkpoints_and_options(world, tmp_path):
+    from models import build_generator
+
+    other = world["cfg"].replace(clip_len=3)  # a network fed 2 frames = 6 channels, recorded as clip_len 5
+    save_checkpoint(tmp_path / "channels.pth", {"generator": build_generator(other).state_dict(),
+                                                "config": world["cfg"].__dict__})
+    bad(world, tmp_path, "takes 6 input channels.*another channel count", trained_model=tmp_path / "channels.pth")
+    bad(world, tmp_path, "--img_size=64 but .* trained on 32x32", img_size=64)
+    bad(world, tmp_path, "checkpoint 'nothing' not found", trained_model="nothing")
+    (tmp_path / "a_file").write_text("x")
+    bad(world, tmp_path, "cannot write to output folder .*a_file/sub", output=tmp_path / "a_file" / "sub")
+    bad(world, tmp_path, "--fpr=2.0 must be between 0 and 1", fpr=2.0)
+    bad(world, tmp_path, "'other' is not this video", labels=_labels(tmp_path, "other,1,5"))
+    nodata = world["cfg"].replace(dataset="ped2", data_root=str(tmp_path / "nowhere"))
+    save_checkpoint(tmp_path / "nodata.pth", {"generator": torch.load(world["checkpoint"], weights_only=True)
+                                              ["generator"], "config": nodata.__dict__})
+    bad(world, tmp_path, "no calibration for .*nodata.pth .*no training frames at", trained_model=tmp_path /
+        "nodata.pth", norm="causal")
+
+
+def _labels(tmp_path, line):
+    path = tmp_path / "labels.csv"
+    path.write_text(line + "\n")
+    return path
+
+
+def test_command_line_error_is_one_line_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "detect.py"), f"--video={tmp_path / 'none.mp4'}",
+                             "--trained_model=x"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert "no such file or folder" in result.stderr
