@@ -248,7 +248,18 @@ def test_a_plain_run_does_not_touch_torch_distributed(small):
     assert not torch.distributed.is_initialized()
 
 
-def test_ctrl_c_during_a_step_only_sets_a_flag_and_a_checkpoint_write_finishes_first():
+@pytest.fixture
+def python_sigint_handler():
+    """A job started in the background (nohup, some CI runners) inherits SIGINT ignored, and the latch rightly leaves
+    that alone: give this process Python's usual handler for the test."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_a_step_only_sets_a_flag_and_a_checkpoint_write_finishes_first(python_sigint_handler):
     import signal
 
     from runtime import InterruptLatch, signals_held
