@@ -59,11 +59,19 @@ def moving_average(generator: nn.Module, decay: float) -> AveragedModel:
     steps (0.999^500), and its validations meaningless; with the warm-up it follows the network early and smooths
     it later.
     """
-    def update(average: torch.Tensor, current: torch.Tensor, n_averaged: torch.Tensor) -> torch.Tensor:
-        rate = min(decay, (1.0 + float(n_averaged)) / (10.0 + float(n_averaged)))
-        return average + (1.0 - rate) * (current - average)
+    def update(averages: list[torch.Tensor], currents: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = float(n_averaged)
+        rate = min(decay, (1.0 + n) / (10.0 + n))
+        # One fused in-place lerp over all floating tensors per step (this runs every training step); integer
+        # buffers (BatchNorm's num_batches_tracked) are copied.
+        floats = [(a, c) for a, c in zip(averages, currents) if a.is_floating_point()]
+        if floats:  # AveragedModel calls this once per (device, dtype) group, integer groups included
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - rate)
+        for a, c in zip(averages, currents):
+            if not a.is_floating_point():
+                a.copy_(c)
 
-    return AveragedModel(generator, avg_fn=update, use_buffers=True)
+    return AveragedModel(generator, multi_avg_fn=update, use_buffers=True)
 
 
 def split_holdout(videos: VideoSet, n: int) -> tuple[VideoSet, Optional[VideoSet]]:
