@@ -28,15 +28,16 @@ DATASET_ALIASES = {"shanghaitech": "shanghai"}
 class Config:
     # --- data -------------------------------------------------------------------------------------------------
     dataset: str = "toy"  # a preset name: toy, ped1, ped2, avenue, shanghai (alias shanghaitech), custom
+    preset: str = ""  # a named recipe over the dataset preset (RECIPES below: ped2_cpu); empty = none
     data_root: str = "data"  # folder holding <dataset>/{training,testing}/frames/<video>/<frame>.jpg
     labels: str = ""  # label file or folder; empty = look beside the dataset (see dataset.find_label_source)
     cache_dir: str = "cache"  # decoded, resized uint8 frames are kept here (one .npy per video)
     img_size: int = 256  # frames are resized to img_size x img_size
     clip_len: int = 5  # 4 input frames + 1 predicted frame
     # --- networks ---------------------------------------------------------------------------------------------
-    model: str = "ffp"  # generator registry name (models/__init__.py)
+    model: str = "ffp"  # generator registry name (models/__init__.py); it also picks the method (methods.py)
     base_channels: int = 64  # width of the first U-Net stage (64 in the paper)
-    discriminator: str = "pixel"  # discriminator registry name
+    discriminator: str = "pixel"  # discriminator registry name (pixel: FFP's PatchGAN; dcgan: Skip-GANomaly's)
     flownet: str = "none"  # flow estimator (flownet/__init__.py): auto, flownet2sd, spynet, lucaskanade, none
     flownet_weights: str = ""  # weights file of the flow network; empty = the usual places in weights/
     # --- optimisation -----------------------------------------------------------------------------------------
@@ -46,11 +47,15 @@ class Config:
     lr_d: float = 1e-5
     lr_decay_step: int = 7000  # both learning rates are multiplied by lr_decay_gamma at this step
     lr_decay_gamma: float = 0.1
+    adam_beta1: float = 0.9  # Adam's first beta for G and D (Skip-GANomaly: 0.5)
     lam_int: float = 1.0
     lam_grad: float = 1.0
     lam_flow: float = 2.0
     lam_adv: float = 0.05
     flow_loss_scale: float = 20.0  # flows enter the flow loss divided by this (FlowNet's native output unit)
+    lam_con: float = 50.0  # Skip-GANomaly: weight of the contextual (L1 reconstruction) loss
+    lam_lat: float = 1.0  # Skip-GANomaly: weight of the latent loss (L2 between D's features of real and fake)
+    d_reinit_below: float = 0.0  # re-initialise D when its loss falls below this (Skip-GANomaly: 1e-5; 0 = never)
     manualseed: int = 50
     ema: float = 0.0  # decay of an exponential moving average of G's weights, which validation, checkpoints and
     #                   eval.py then use (0 = off; 0.999 averages over about the last 1,000 steps)
@@ -75,6 +80,8 @@ class Config:
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     # --- evaluation -------------------------------------------------------------------------------------------
     macro_single_class: str = "exclude"  # exclude | pad: how videos with one class enter the macro AUC
+    score_norm: str = "video"  # video | global: min-max the anomaly score per video (FFP protocol) or over the test set
+    score_lambda: float = 0.9  # Skip-GANomaly: score = lambda * reconstruction error + (1 - lambda) * latent error
     plots: bool = True  # eval.py: write ROC and per-video score plots
 
     def to_json(self) -> str:
@@ -106,6 +113,30 @@ PRESETS: dict[str, dict[str, Any]] = {
     "toy": dict(
         _COLOUR, img_size=64, base_channels=32, flownet="none", iters=1000, batch_size=8, lr_decay_step=800,
         save_interval=500, val_interval=250, log_interval=25,
+    ),
+}
+
+
+# Per generator: what its method needs on top of the dataset preset (precedence: field default < dataset preset
+# < model preset < recipe < flags).
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # Skip-GANomaly (Akcay et al., IJCNN 2019), values of the authors' code (../shared/METHODS.md section 2): DCGAN
+    # discriminator, Adam 2e-4 for both networks with beta1 0.5, never decayed, weights adversarial 1, contextual 50,
+    # latent 1, D re-initialised below a loss of 1e-5.  A reconstruction method has no use for a flow network.
+    "skipganomaly": dict(
+        discriminator="dcgan", flownet="none", lr_g=2e-4, lr_d=2e-4, adam_beta1=0.5, lr_decay_gamma=1.0,
+        lam_adv=1.0, lam_con=50.0, lam_lat=1.0, d_reinit_below=1e-5,
+    ),
+}
+
+# Named recipes (--preset=<name>): a complete, measured set of flags for one purpose.  See RESULTS.md.
+RECIPES: dict[str, dict[str, Any]] = {
+    # Ped2 on a 2-core CPU within an hour (issue #6, RESULTS.md R7-R9): 128 px, width 32, no flow loss, 6,000 steps
+    # with the learning rates divided by 10 at 5,000, an EMA of G's weights, and two training videos held out for
+    # label-free checkpoint selection (weights/g_best_val_ped2.pth).  About 23 minutes of training on 2 threads.
+    "ped2_cpu": dict(
+        dataset="ped2", img_size=128, base_channels=32, flownet="none", iters=6000, lr_decay_step=5000,
+        val_interval=500, save_interval=1000, ema=0.999, val_holdout=2,
     ),
 }
 
@@ -158,22 +189,35 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def resolve(given: dict[str, Any]) -> Config:
+    """The config of the flags ``given`` ({field: value}): field defaults < dataset preset < model preset < recipe
+    (--preset) < the flags themselves."""
+    recipe_name = given.get("preset", "")
+    if recipe_name and recipe_name not in RECIPES:
+        raise UserError(f"unknown --preset '{recipe_name}': valid names are {', '.join(sorted(RECIPES))}")
+    recipe = RECIPES.get(recipe_name, {})
+    cfg = preset(given.get("dataset", recipe.get("dataset", Config.dataset)))
+    model = given.get("model", recipe.get("model", cfg.model))
+    cfg = cfg.replace(**MODEL_PRESETS.get(model, {}))
+    cfg = cfg.replace(**{**recipe, **given, "dataset": cfg.dataset})
+    validate(cfg)
+    return cfg
+
+
 def parse_args(argv: Sequence[str] | None, prog: str, description: str) -> tuple[Config, set[str]]:
-    """Config from preset + flags, and the set of flags the user gave explicitly (a resume keeps the others)."""
+    """Config from presets + flags, and the set of fields the user set explicitly, by a flag or through --preset
+    (a resume keeps the others)."""
     parser = build_parser(prog, description)
     given = vars(parser.parse_args(argv))
-    explicit = set(given)
-    cfg = preset(given.get("dataset", Config.dataset))
-    given["dataset"] = cfg.dataset
-    cfg = cfg.replace(**given)
-    validate(cfg)
-    return cfg, explicit
+    explicit = set(given) | set(RECIPES.get(given.get("preset", ""), {}))
+    return resolve(given), explicit
 
 
 _CHOICES = {
     "amp": ("auto", "off", "bf16", "fp16"),
     "channels_last": ("auto", "on", "off"),
     "macro_single_class": ("exclude", "pad"),
+    "score_norm": ("video", "global"),
 }
 
 
@@ -190,8 +234,12 @@ def validate(cfg: Config) -> None:
         raise UserError(f"--ema must be in [0, 1) (0 = off, e.g. 0.999), got {cfg.ema}")
     if cfg.val_holdout < 0:
         raise UserError(f"--val_holdout must be >= 0 (0 = off), got {cfg.val_holdout}")
-    if cfg.clip_len < 2:
-        raise UserError(f"--clip_len must be at least 2 (inputs + 1 target), got {cfg.clip_len}")
+    if cfg.clip_len < 1:
+        raise UserError(f"--clip_len must be at least 1, got {cfg.clip_len}")
+    if not 0.0 <= cfg.score_lambda <= 1.0:
+        raise UserError(f"--score_lambda must be in [0, 1], got {cfg.score_lambda}")
+    if not 0.0 < cfg.adam_beta1 < 1.0:
+        raise UserError(f"--adam_beta1 must be in (0, 1), got {cfg.adam_beta1}")
     if cfg.img_size % 8:
         raise UserError(f"--img_size must be a multiple of 8 (the U-Net halves it three times), got {cfg.img_size}")
     for name in ("save_interval", "val_interval", "log_interval"):

@@ -127,6 +127,10 @@ def load_generator(args: argparse.Namespace):
     if args.img_size and args.img_size != cfg.img_size:
         raise UserError(f"--img_size={args.img_size} but {path} was trained on {cfg.img_size}x{cfg.img_size} frames: "
                         f"detect.py resizes every frame to the checkpoint's size, drop --img_size")
+    from models import method_name
+    if method_name(cfg.model) != "prediction":
+        raise UserError(f"{path} is a --model={cfg.model} checkpoint, a reconstruction method: detect.py runs "
+                        f"frame-prediction models (ffp, stemgan); score its test frames with eval.py")
     generator = build_generator(cfg)
     n_channels = 3 * cfg.n_inputs
     own, theirs = generator.state_dict(), state["generator"]

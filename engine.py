@@ -1,7 +1,9 @@
-"""The training loop: alternating least-squares GAN updates, validation, checkpoints, exact resume.
+"""The training loop: alternating GAN updates, validation, checkpoints, exact resume.
 
-One step (Liu et al., CVPR 2018, Sec. 3.4 and Algorithm 1): predict the next frame; update D on the real target and
-the *detached* prediction; then update G with D frozen (D's parameters have requires_grad off during G's backward,
+What one step does is the method's (methods.py: FFP's prediction, Skip-GANomaly's reconstruction); the loop,
+optimizers, schedules, EMA, checkpoints, resume, validation and logging here are shared.  FFP's step (Liu et al.,
+CVPR 2018, Sec. 3.4 and Algorithm 1): predict the next frame; update D on the real target and the *detached*
+prediction; then update G with D frozen (D's parameters have requires_grad off during G's backward,
 so G's step leaves D's gradients untouched) on lam_int*L_int + lam_grad*L_gd + lam_flow*L_op + lam_adv*L_adv.
 Both learning rates drop by ``lr_decay_gamma`` at ``lr_decay_step`` (the authors' piecewise-constant schedule).
 
@@ -34,13 +36,13 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 import distributed
-import losses
 from checkpoint import load_checkpoint, save_checkpoint
 from config import Config
 from dataset import ClipSampler, TestSet, TrainClips, VideoSet, to_model_range
 from errors import UserError
 from evaluation import evaluate
 from flownet import build_flownet, resolve_flownet_name, store_weights_in
+from methods import method_for
 from models import build_discriminator, build_generator, is_trainable
 from runtime import (InterruptLatch, autocast, configure_threads, resolve_amp, resolve_device, rng_state,
                      seed_everything, set_rng_state, signals_held, signals_ignored, use_channels_last, versions)
@@ -93,18 +95,20 @@ def merge_resumed_config(stored: Config, given: Config, explicit: set[str]) -> C
     return stored.replace(**{k: getattr(given, k) for k in explicit if k not in ARCHITECTURE_FIELDS})
 
 
-@dataclass
 class StepLosses:
-    g_total: float
-    g_int: float
-    g_grad: float
-    g_flow: float
-    g_adv: float
-    d_loss: float
-    psnr: float
+    """The losses of one step by name (the method's ``loss_names``) plus the training PSNR; read as attributes."""
+
+    def __init__(self, **values: float):
+        self._values = dict(values)
+
+    def __getattr__(self, name: str) -> float:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
 
     def as_dict(self) -> dict[str, float]:
-        return dict(self.__dict__)
+        return dict(self._values)
 
 
 @dataclass
@@ -123,6 +127,7 @@ class Trainer:
         # slice of each global batch it trains on and the share of the videos it validates.
         self.rank, self.world = ((distributed.rank(), distributed.world_size()) if distributed.active() else (0, 1))
         self.cfg, self.progress = cfg, progress and self.rank == 0
+        self.method = method_for(cfg)
         configure_threads(cfg)
         seed_everything(cfg.manualseed)
         self.device = resolve_device(cfg.device)
@@ -142,11 +147,12 @@ class Trainer:
         self.flownet = build_flownet(cfg)
         if self.flownet is not None:
             store_weights_in(self.flownet.to(self.device), self.amp_dtype)
-        elif cfg.lam_flow:
+        elif cfg.lam_flow and self.method.name == "prediction":
             print(f"note: training WITHOUT the flow loss (--flownet=none); lam_flow={cfg.lam_flow} is unused")
 
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g)
-        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d)
+        betas = (cfg.adam_beta1, 0.999)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d, betas=betas)
         self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, [cfg.lr_decay_step], cfg.lr_decay_gamma)
         self.sched_d = torch.optim.lr_scheduler.MultiStepLR(self.opt_d, [cfg.lr_decay_step], cfg.lr_decay_gamma)
         fp16 = self.amp_dtype == torch.float16 and self.device.type == "cuda"  # CUDA-only: fp16 needs loss scaling
@@ -182,6 +188,11 @@ class Trainer:
     def eval_generator(self) -> nn.Module:
         """The weights that are validated and evaluated: the moving average with --ema, else the trained ones."""
         return self.ema.module if self.ema is not None else self.generator
+
+    @property
+    def scoring_discriminator(self) -> Optional[nn.Module]:
+        """The discriminator when the method's score uses it (Skip-GANomaly's latent error), else None."""
+        return self.discriminator if self.method.scores_with_discriminator else None
 
     def state(self) -> dict[str, Any]:
         # "generator" holds the weights to evaluate (what eval.py, detect.py and --pretrained read); with --ema the
@@ -276,54 +287,19 @@ class Trainer:
         return torch.stack([self.gt_flow[int(c)].float() for c in clip_ids]).to(self.device)
 
     def train_step(self, clip_ids, clips_uint8: torch.Tensor) -> StepLosses:
-        """One alternating update on this rank's clips; the losses returned are the means over the global batch."""
-        cfg, G, D = self.cfg, self._g_step, self._d_step
+        """One alternating update on this rank's clips (the method's train_step); the losses returned are the means
+        over the global batch."""
         x = to_model_range(clips_uint8.to(self.device, non_blocking=True))
-        inputs, target, last = x[:, :-1].flatten(1, 2), x[:, -1], x[:, -2]
-        if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-            target = target.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp_dtype):
-            prediction = G(inputs).float()
-
-        # D step on the detached prediction.
-        with autocast(self.device, self.amp_dtype):
-            d_loss = losses.discriminator_loss(D(target).float(), D(prediction.detach()).float())
-        self.opt_d.zero_grad(set_to_none=True)
-        self.scaler_d.scale(d_loss).backward()
-        self.scaler_d.step(self.opt_d)
-        self.scaler_d.update()
-
-        # G step with D frozen: G's backward passes through D without touching D's gradients.  Under DDP it calls
-        # the plain D (no gradient of D to synchronise); G's gradients are averaged by G's DDP wrapper.
-        flow_target = self._ground_truth_flow(clip_ids, last, target) if self.flownet is not None else None
-        D = self.discriminator
-        D.requires_grad_(False)
-        try:
-            with autocast(self.device, self.amp_dtype):
-                g_adv = losses.generator_adversarial_loss(D(prediction).float())
-                g_flow = torch.zeros((), device=self.device)
-                if self.flownet is not None:
-                    flow_pred = self.flownet(torch.stack([last, prediction], dim=2)).float()
-                    g_flow = losses.flow_loss(flow_pred, flow_target) / cfg.flow_loss_scale
-            g_int = losses.intensity_loss(prediction, target)
-            g_grad = losses.gradient_loss(prediction, target)
-            g_total = cfg.lam_int * g_int + cfg.lam_grad * g_grad + cfg.lam_adv * g_adv
-            if self.flownet is not None:
-                g_total = g_total + cfg.lam_flow * g_flow
-            self.opt_g.zero_grad(set_to_none=True)
-            self.scaler_g.scale(g_total).backward()
-            self.scaler_g.step(self.opt_g)
-            self.scaler_g.update()
-        finally:
-            D.requires_grad_(True)
+        out = self.method.train_step(self, clip_ids, x)
         if self.ema is not None:
             self.ema.update_parameters(self.generator)  # the same on every rank: DDP keeps the weights identical
         self.sched_g.step()
         self.sched_d.step()
-        values = torch.stack([v.detach().float() for v in (g_total, g_int, g_grad, g_flow, g_adv, d_loss)]
-                             + [psnr(prediction.detach(), target).mean()])
-        return StepLosses(*distributed.all_reduce_mean(values).tolist())  # every rank's batch has the same size
+        names = self.method.loss_names
+        values = torch.stack([out[n].detach().float() for n in names]
+                             + [psnr(out["prediction"].detach(), out["target"]).mean()])
+        reduced = distributed.all_reduce_mean(values).tolist()  # every rank's batch has the same size
+        return StepLosses(**dict(zip(names, reduced[:-1])), psnr=reduced[-1])
 
     # --- validation and logging -------------------------------------------------------------------------------
     def validate_holdout(self) -> None:
@@ -345,7 +321,7 @@ class Trainer:
         if self.test_set is None:
             return math.nan
         result = evaluate(self.eval_generator, self.test_set, self.cfg, self.device, self.amp_dtype,
-                          self.channels_last, progress=self.progress)
+                          self.channels_last, progress=self.progress, discriminator=self.scoring_discriminator)
         auc = result.metrics.micro_auc
         if self.writer is not None:
             self.writer.add_scalar("val/auc", auc, self.step)
@@ -377,12 +353,13 @@ class Trainer:
             return
         clips = self.train_clips.batch([0])
         x = to_model_range(clips.to(self.device))
+        inputs, target = self.method.split(x)
         with torch.no_grad():
             self.generator.eval()
-            prediction = self.generator(x[:, :-1].flatten(1, 2)).float()
+            prediction = self.generator(inputs).float()
             self.generator.train()
         self.writer.add_image("train/predicted_frame", ((prediction[0] + 1) / 2).clamp(0, 1).cpu(), self.step)
-        self.writer.add_image("train/target_frame", ((x[0, -1] + 1) / 2).cpu(), self.step)
+        self.writer.add_image("train/target_frame", ((target[0] + 1) / 2).cpu(), self.step)
 
     def _open_writer(self) -> None:
         if not self.cfg.tensorboard or self.rank != 0:

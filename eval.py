@@ -23,7 +23,8 @@ from errors import UserError, run_cli
 
 # Flags that may differ from the checkpoint's config at evaluation time (data location, hardware, outputs).
 EVAL_OVERRIDES = ("dataset", "data_root", "labels", "cache_dir", "device", "amp", "channels_last",
-                  "eval_batch_size", "num_threads", "results_dir", "weights_dir", "macro_single_class", "plots")
+                  "eval_batch_size", "num_threads", "results_dir", "weights_dir", "macro_single_class", "plots",
+                  "score_norm", "score_lambda")
 
 
 # eval.py's own flags (not Config fields): taken out of the argument list before the Config flags are parsed.
@@ -48,14 +49,16 @@ def split_extra_flags(argv: Optional[Sequence[str]]) -> tuple[list[str], dict]:
 
 
 def load_model(cfg: Config, explicit: set[str]):
-    """(config, generator, run name, checkpoint description) for a checkpoint or a parameter-free baseline."""
+    """(config, generator, discriminator or None, run name, checkpoint description) for a checkpoint or a
+    parameter-free baseline; the discriminator is loaded when the method's score uses it (Skip-GANomaly)."""
     from checkpoint import load_checkpoint, resolve_checkpoint
-    from models import build_generator, is_trainable
+    from methods import method_for
+    from models import build_discriminator, build_generator, is_trainable
 
     if not cfg.trained_model and "model" in explicit:
         generator = build_generator(cfg)
         if not is_trainable(generator):
-            return cfg, generator, f"{cfg.dataset}_{cfg.model}", f"baseline '{cfg.model}' (no training)"
+            return cfg, generator, None, f"{cfg.dataset}_{cfg.model}", f"baseline '{cfg.model}' (no training)"
         raise UserError(f"--model={cfg.model} needs weights: pass --trained_model=<name or path>")
     name = cfg.trained_model or f"g_best_auc_{cfg.dataset}"
     path = resolve_checkpoint(name, cfg.weights_dir)
@@ -67,10 +70,18 @@ def load_model(cfg: Config, explicit: set[str]):
         generator.load_state_dict(state["generator"])
     except (RuntimeError, KeyError) as exc:
         raise UserError(f"{path}: generator weights do not match --model={cfg.model} ({exc})") from None
+    discriminator = None
+    if method_for(cfg).scores_with_discriminator:
+        discriminator = build_discriminator(cfg)
+        try:
+            discriminator.load_state_dict(state["discriminator"])
+        except (RuntimeError, KeyError) as exc:
+            raise UserError(f"{path}: --model={cfg.model} scores with its discriminator, and the checkpoint's does "
+                            f"not load ({str(exc).splitlines()[0]})") from None
     step = state.get("step", "?")
     path = Path(path)
     run = path.stem if path.parent.name == "weights" else f"{path.parent.name}_{path.stem}"
-    return cfg, generator, run, f"{path} (step {step}, trained on {stored.dataset})"
+    return cfg, generator, discriminator, run, f"{path} (step {step}, trained on {stored.dataset})"
 
 
 def causal_rates(checkpoint_name: str, weights_dir: str, result, fpr: float) -> tuple[dict, list[tuple[str, str]]]:
@@ -110,20 +121,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from runtime import configure_threads, resolve_amp, resolve_device, use_channels_last
 
     checkpoint_name, weights_dir = cfg.trained_model or f"g_best_auc_{cfg.dataset}", cfg.weights_dir  # as load_model
-    cfg, generator, run, described = load_model(cfg, explicit)
+    cfg, generator, discriminator, run, described = load_model(cfg, explicit)
     configure_threads(cfg)
     device = resolve_device(cfg.device)
     import distributed  # torchrun: each rank predicts a share of the test videos, rank 0 writes (distributed.py)
     distributed.init(device)
     channels_last = use_channels_last(cfg, device)
-    generator = generator.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    generator = generator.to(device, memory_format=memory_format)
+    if discriminator is not None:
+        discriminator = discriminator.to(device, memory_format=memory_format).eval()
     test_set = distributed.in_turn(lambda: TestSet.load(cfg))  # torchrun: rank 0 builds the frame cache first
     videos = test_set.videos
     masks_of, mask_where = pixel_mask_source(cfg.data_root, cfg.dataset, videos.names, videos.counts,
                                              extra.get("pixel_masks", ""))
     pixels = PixelAccumulator(masks_of, extra.get("pixel_sigma", DEFAULT_SIGMA)) if masks_of else None
     result = evaluate(generator, test_set, cfg, device, resolve_amp(cfg, device), channels_last,
-                      on_batch=pixels.add if pixels else None)
+                      on_batch=pixels.add if pixels else None, discriminator=discriminator)
     if pixels is not None and distributed.active():  # torchrun: the pixel-level values of every rank's videos
         pixels.values, pixels.labels = distributed.concat_across_ranks(pixels.values, pixels.labels)
     if not distributed.is_main():

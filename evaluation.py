@@ -1,13 +1,16 @@
 """Predict every test frame, score it, and write the artifacts of an evaluation run.
 
-Used by ``eval.py`` and by the validation step of training, so both give the same numbers.
+Used by ``eval.py`` and by the validation step of training, so both give the same numbers.  The method of the
+generator (methods.py) says what its input and target are, which per-frame errors beyond PSNR it needs, and how they
+make the anomaly value; that value is then min-max normalised per video (``--score_norm=video``, the FFP protocol)
+or over the whole test set (``global``).  For PSNR with per-video normalisation this is exactly metrics.frame_metrics.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -16,9 +19,11 @@ import torch
 from torch import nn
 
 from config import Config
+from errors import UserError
 from dataset import TestSet, VideoSet, iter_test_batches, n_predicted_frames, to_model_range
 from ioutil import atomic_path, atomic_write_text
-from metrics import FrameMetrics, frame_metrics, psnr
+from methods import method_for
+from metrics import FrameMetrics, anomaly_scores, metrics_of_scores, normalise_scores, psnr
 from runtime import autocast
 
 
@@ -40,16 +45,17 @@ def predict_psnr(generator: nn.Module, videos: VideoSet, cfg: Config, device: to
     bar = tqdm(total=n_predicted_frames(videos, cfg.clip_len), desc="evaluating", unit="frame",
                disable=not progress, leave=False)
     batch_size = cfg.eval_batch_size or (32 if device.type == "cuda" else 4)
+    split = method_for(cfg).split
     for v, targets, clips in iter_test_batches(videos, cfg.clip_len, batch_size):
         x = to_model_range(clips.to(device, non_blocking=True))
-        inputs = x[:, :-1].flatten(1, 2)
+        inputs, target = split(x)
         if channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
             prediction = generator(inputs)
-        out[v][targets - (cfg.clip_len - 1)] = psnr(prediction.float(), x[:, -1]).cpu().numpy()
+        out[v][targets - (cfg.clip_len - 1)] = psnr(prediction.float(), target).cpu().numpy()
         if on_batch is not None:
-            on_batch(v, targets, prediction.float(), x[:, -1])
+            on_batch(v, targets, prediction.float(), target)
         bar.update(len(targets))
     bar.close()
     generator.train(was_training)
@@ -62,29 +68,99 @@ class EvalResult:
     psnr: list[np.ndarray]
     scores: list[np.ndarray]
     labels: list[np.ndarray]  # labels of the predicted frames only (the first clip_len-1 of each video dropped)
+    extras: dict[str, list[np.ndarray]] = field(default_factory=dict)  # the method's other per-frame errors
 
     def as_dict(self) -> dict:
         m = self.metrics
+        values, labels = np.concatenate(self.psnr), np.concatenate(self.labels).astype(bool)
+        # Mean PSNR of normal and of anomalous frames: a reconstruction model that learnt the identity shows as
+        # high PSNR on both and no gap (the known failure of skip connections).
         return {
             "micro_auc": m.micro_auc, "macro_auc": m.macro.value, "eer": m.eer,
             "macro_videos_used": m.macro.videos_used,
             "macro_single_class_videos": list(m.macro.single_class_videos), "macro_rule": m.macro.rule,
             "n_frames": m.n_frames, "n_anomalous": m.n_anomalous,
-            "mean_psnr": float(np.mean(np.concatenate(self.psnr))),
+            "mean_psnr": float(np.mean(values)),
+            "mean_psnr_normal": float(np.mean(values[~labels])) if (~labels).any() else float("nan"),
+            "mean_psnr_anomalous": float(np.mean(values[labels])) if labels.any() else float("nan"),
         }
+
+
+class FrameErrorCollector:
+    """The batch hook that keeps a method's per-frame errors (e.g. Skip-GANomaly's latent error), per video."""
+
+    def __init__(self, method, videos: VideoSet, cfg: Config, discriminator: Optional[nn.Module],
+                 device: torch.device, amp_dtype: Optional[torch.dtype], channels_last: bool):
+        self.method, self.discriminator, self.cfg = method, discriminator, cfg
+        self.device, self.amp_dtype, self.channels_last = device, amp_dtype, channels_last
+        self.lengths = [max(0, n - cfg.clip_len + 1) for n in videos.counts]
+        self.values: dict[str, list[np.ndarray]] = {}
+        self.filled: set[int] = set()
+
+    @torch.inference_mode()
+    def add(self, v: int, targets: np.ndarray, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        if self.channels_last:
+            prediction = prediction.contiguous(memory_format=torch.channels_last)
+            target = target.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp_dtype):
+            errors = self.method.frame_errors(prediction, target, self.discriminator)
+        for name, value in errors.items():
+            per_video = self.values.setdefault(name, [np.full(n, np.nan) for n in self.lengths])
+            per_video[v][targets - (self.cfg.clip_len - 1)] = value.float().cpu().numpy()
+        self.filled.add(v)
+
+    def gathered(self) -> dict[str, list[np.ndarray]]:
+        """Every video's values on every rank under torchrun (each rank filled its own videos); itself otherwise."""
+        import distributed
+        if not distributed.active():
+            return self.values
+        mine = {name: {v: arrays[v] for v in self.filled} for name, arrays in self.values.items()}
+        out: dict[str, list[np.ndarray]] = {}
+        for part in distributed.all_gather_object(mine):
+            for name, per_video in part.items():
+                target = out.setdefault(name, [np.full(n, np.nan) for n in self.lengths])
+                for v, array in per_video.items():
+                    target[v] = array
+        return out
+
+
+def _chain(*hooks: Optional[BatchHook]) -> Optional[BatchHook]:
+    live = [h for h in hooks if h is not None]
+    if not live:
+        return None
+
+    def call(v, targets, prediction, target):
+        for hook in live:
+            hook(v, targets, prediction, target)
+    return call
 
 
 def evaluate(generator: nn.Module, test_set: TestSet, cfg: Config, device: torch.device,
              amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-             progress: bool = True, on_batch: Optional[BatchHook] = None) -> EvalResult:
+             progress: bool = True, on_batch: Optional[BatchHook] = None,
+             discriminator: Optional[nn.Module] = None) -> EvalResult:
+    """Predict (or reconstruct) every scored test frame, score it by the generator's method and compute the
+    frame-level metrics.  ``discriminator`` is needed by methods whose score uses it (Skip-GANomaly)."""
     # Under torchrun every rank must call this: each predicts a share of the videos and all get every PSNR back
     # (distributed.py); in a plain run it is predict_psnr itself.
     from distributed import predict_psnr_sharded
+    method = method_for(cfg)
+    collector = None
+    if method.scores_with_discriminator:
+        if discriminator is None:
+            raise UserError(f"--model={cfg.model} scores frames with its discriminator, and none was given")
+        collector = FrameErrorCollector(method, test_set.videos, cfg, discriminator, device, amp_dtype,
+                                        channels_last)
     values = predict_psnr_sharded(generator, test_set.videos, cfg, device, amp_dtype, channels_last, progress,
-                                  on_batch)
+                                  _chain(collector.add if collector else None, on_batch))
+    extras = collector.gathered() if collector else {}
     labels = [y[cfg.clip_len - 1:] for y in test_set.labels]
-    metrics, scores = frame_metrics(values, labels, cfg.macro_single_class)
-    return EvalResult(metrics, values, scores, labels)
+    if method.name == "prediction" and cfg.score_norm == "video":
+        scores = [anomaly_scores(p) for p in values]  # the FFP protocol, bit for bit as metrics.frame_metrics
+    else:
+        scores = normalise_scores(method.anomaly_values(values, extras, cfg), cfg.score_norm)
+    metrics = metrics_of_scores(scores, labels, cfg.macro_single_class)
+    return EvalResult(metrics, values, scores, labels, extras)
 
 
 # --- artifacts ------------------------------------------------------------------------------------------------
@@ -101,7 +177,8 @@ def summary_table(result: EvalResult, title: str, pixel=None, pixel_note: str = 
         ("micro AUC (FFP protocol)", f"{100 * d['micro_auc']:.2f}%"),
         ("macro AUC", f"{100 * d['macro_auc']:.2f}% over {d['macro_videos_used']} videos ({rule})"),
         ("EER", f"{100 * d['eer']:.2f}%"),
-        ("mean PSNR", f"{d['mean_psnr']:.2f} dB"),
+        ("mean PSNR", f"{d['mean_psnr']:.2f} dB (normal frames {d['mean_psnr_normal']:.2f}, anomalous "
+                      f"{d['mean_psnr_anomalous']:.2f})"),
     ]
     if pixel is not None:
         rule = f"UCSD criterion, >= {100 * pixel.coverage:.0f}% of anomalous pixels, map sigma {pixel.sigma:g} px"
@@ -166,14 +243,18 @@ def write_results(folder: Path, result: EvalResult, test_set: TestSet, cfg: Conf
     atomic_write_text(folder / "config.json", cfg.to_json() + "\n")
     rows = io.StringIO()
     writer = csv.writer(rows)
-    writer.writerow(["video", "frame", "psnr", "anomaly_score", "label"])
-    for name, values, scores, labels in zip(test_set.videos.names, result.psnr, result.scores, result.labels):
+    extra_names = sorted(result.extras)
+    writer.writerow(["video", "frame", "psnr", *extra_names, "anomaly_score", "label"])
+    for v, (name, values, scores, labels) in enumerate(zip(test_set.videos.names, result.psnr, result.scores,
+                                                           result.labels)):
         for k, (p, s, y) in enumerate(zip(values, scores, labels)):
-            writer.writerow([name, k + cfg.clip_len - 1, f"{p:.4f}", f"{s:.6f}", int(y)])
+            extra = [f"{result.extras[e][v][k]:.6g}" for e in extra_names]
+            writer.writerow([name, k + cfg.clip_len - 1, f"{p:.4f}", *extra, f"{s:.6f}", int(y)])
     atomic_write_text(folder / "scores.csv", rows.getvalue())
     with atomic_path(folder / "scores.npz", suffix=".npz") as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, psnr=np.concatenate(result.psnr), score=np.concatenate(result.scores),
+                     **{name: np.concatenate(per_video) for name, per_video in result.extras.items()},
                      label=np.concatenate(result.labels),
                      video_lengths=np.array([len(s) for s in result.scores]))
     if plots:

@@ -35,6 +35,26 @@ def anomaly_scores(psnr_values: np.ndarray) -> np.ndarray:
     return 1.0 - (values - low) / (high - low)
 
 
+def minmax(values: np.ndarray) -> np.ndarray:
+    """Min-max normalised to [0, 1]; constant values have no range and all become 0.5 (see anomaly_scores)."""
+    values = np.asarray(values, dtype=np.float64)
+    low, high = values.min(), values.max()
+    if high - low <= 0:
+        return np.full_like(values, 0.5)
+    return (values - low) / (high - low)
+
+
+def normalise_scores(anomaly_values: Sequence[np.ndarray], per: str = "video") -> list[np.ndarray]:
+    """Anomaly values (higher = more anomalous) min-max normalised per video (the FFP protocol) or over the whole
+    test set at once (``per="global"``, Skip-GANomaly's rule), returned per video."""
+    if per == "video":
+        return [minmax(v) for v in anomaly_values]
+    if per != "global":
+        raise ValueError(f"per must be 'video' or 'global', got {per!r}")
+    lengths = np.cumsum([len(v) for v in anomaly_values])[:-1]
+    return np.split(minmax(np.concatenate(anomaly_values)), lengths)
+
+
 def micro_auc(scores: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> float:
     """One ROC over every frame of every video (anomalous = positive)."""
     y, s = np.concatenate(labels), np.concatenate(scores)
@@ -97,16 +117,21 @@ class FrameMetrics:
     n_anomalous: int
 
 
-def frame_metrics(psnr_per_video: Sequence[np.ndarray], labels_per_video: Sequence[np.ndarray],
-                  single_class: str = "exclude") -> tuple[FrameMetrics, list[np.ndarray]]:
-    """All frame-level metrics from per-video PSNR and the labels of the same (predicted) frames."""
-    scores = [anomaly_scores(p) for p in psnr_per_video]
+def metrics_of_scores(scores: Sequence[np.ndarray], labels_per_video: Sequence[np.ndarray],
+                      single_class: str = "exclude") -> FrameMetrics:
+    """All frame-level metrics of normalised anomaly scores and the labels of the same frames, per video."""
     y = np.concatenate(labels_per_video)
-    result = FrameMetrics(
+    return FrameMetrics(
         micro_auc=micro_auc(scores, labels_per_video),
         macro=macro_auc(scores, labels_per_video, single_class),
         eer=equal_error_rate(np.concatenate(scores), y),
         n_frames=int(len(y)),
         n_anomalous=int(y.sum()),
     )
-    return result, scores
+
+
+def frame_metrics(psnr_per_video: Sequence[np.ndarray], labels_per_video: Sequence[np.ndarray],
+                  single_class: str = "exclude") -> tuple[FrameMetrics, list[np.ndarray]]:
+    """All frame-level metrics from per-video PSNR (the FFP protocol) and the labels of the same frames."""
+    scores = [anomaly_scores(p) for p in psnr_per_video]
+    return metrics_of_scores(scores, labels_per_video, single_class), scores

@@ -1,8 +1,10 @@
 """Generators and discriminators, registered by name (``--model=ffp``, ``--discriminator=pixel``).
 
-A generator maps a clip's input frames stacked on channels, (B, 3 * (clip_len - 1), H, W) in [-1, 1], to the
-predicted next frame (B, 3, H, W) in [-1, 1].  A new generator is one module with ``@register_generator("name")``
-on a ``build(cfg) -> nn.Module`` function, imported below.
+A generator registers with the method it serves (methods.py), which fixes its input and output.  A prediction
+generator maps a clip's input frames stacked on channels, (B, 3 * (clip_len - 1), H, W) in [-1, 1], to the predicted
+next frame (B, 3, H, W) in [-1, 1]; a reconstruction generator maps a frame (B, 3, H, W) to its reconstruction.  A
+new generator is one module with ``@register_generator("name", method=...)`` on a ``build(cfg) -> nn.Module``
+function, imported below.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from errors import UserError
 
 Builder = Callable[[Config], nn.Module]
 GENERATORS: dict[str, Builder] = {}
+GENERATOR_METHODS: dict[str, str] = {}  # generator name -> method name (methods.METHODS)
 DISCRIMINATORS: dict[str, Builder] = {}
 
 
@@ -27,8 +30,14 @@ def _register(table: dict[str, Builder], name: str) -> Callable[[Builder], Build
     return decorate
 
 
-def register_generator(name: str) -> Callable[[Builder], Builder]:
+def register_generator(name: str, method: str = "prediction") -> Callable[[Builder], Builder]:
+    GENERATOR_METHODS[name] = method
     return _register(GENERATORS, name)
+
+
+def method_name(model: str) -> str:
+    """The method (methods.METHODS) of a generator name; unknown names are reported by build_generator."""
+    return GENERATOR_METHODS.get(model, "prediction")
 
 
 def register_discriminator(name: str) -> Callable[[Builder], Builder]:
@@ -53,4 +62,4 @@ def is_trainable(model: nn.Module) -> bool:
     return any(p.requires_grad for p in model.parameters())
 
 
-from models import baselines, discriminator, ffp, stemgan  # noqa: E402,F401  (registration side effects)
+from models import baselines, discriminator, ffp, skipganomaly, stemgan  # noqa: E402,F401  (registration side effects)

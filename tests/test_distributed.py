@@ -169,7 +169,7 @@ def test_two_processes_equal_one_with_the_double_batch_and_resume_anywhere(cfg, 
     from eval import load_model
     from evaluation import evaluate
 
-    eval_cfg, generator, _, _ = load_model(cfg.replace(trained_model=str(out / "straight" / "g_best_auc_toy.pth")),
+    eval_cfg, generator, _, _, _ = load_model(cfg.replace(trained_model=str(out / "straight" / "g_best_auc_toy.pth")),
                                            explicit=set())
     result = evaluate(generator, TestSet.load(eval_cfg), eval_cfg, torch.device("cpu"), progress=False)
     with np.load(out / "psnr.npz") as saved:

@@ -6,6 +6,7 @@ from config import preset
 from errors import UserError
 from flownet import FLOWNETS, build_flownet
 from flownet.flownet2sd import FlowNet2SD
+from methods import method_for
 from models import DISCRIMINATORS, GENERATORS, build_discriminator, build_generator, is_trainable
 
 CFG = preset("toy").replace(img_size=32, base_channels=8)
@@ -14,10 +15,12 @@ CFG = preset("toy").replace(img_size=32, base_channels=8)
 @pytest.mark.parametrize("name", sorted(GENERATORS))
 def test_generator_shapes_range_and_gradients(name):
     torch.manual_seed(0)
-    generator = build_generator(CFG.replace(model=name))
-    inputs = torch.rand(2, 3 * CFG.n_inputs, 32, 32, requires_grad=True) * 2 - 1
-    output = generator(inputs)
-    assert output.shape == (2, 3, 32, 32)
+    cfg = CFG.replace(model=name)
+    generator = build_generator(cfg)
+    clip = torch.rand(2, cfg.clip_len, 3, 32, 32) * 2 - 1
+    inputs, target = method_for(cfg).split(clip)  # the method says what the generator reads
+    output = generator(inputs.requires_grad_())
+    assert output.shape == target.shape == (2, 3, 32, 32)
     assert output.min() >= -1 and output.max() <= 1
     if is_trainable(generator):
         output.square().mean().backward()
@@ -26,11 +29,17 @@ def test_generator_shapes_range_and_gradients(name):
 
 
 @pytest.mark.parametrize("name", sorted(DISCRIMINATORS))
-def test_discriminator_patch_map_and_gradients(name):
+def test_discriminator_outputs_and_gradients(name):
     discriminator = build_discriminator(CFG.replace(discriminator=name))
-    score = discriminator(torch.rand(2, 3, 32, 32) * 2 - 1)
-    assert score.dim() == 4 and score.shape[:2] == (2, 1) and score.shape[2] > 1  # a map of patches
-    assert score.min() >= 0 and score.max() <= 1
+    out = discriminator(torch.rand(2, 3, 32, 32) * 2 - 1)
+    if name == "dcgan":  # Skip-GANomaly's: a real/fake logit per frame and the 100-d latent features
+        logit, features = out
+        assert logit.shape == (2,) and features.shape == (2, 100, 1, 1)
+        score = logit + features.mean()
+    else:
+        score = out
+        assert score.dim() == 4 and score.shape[:2] == (2, 1) and score.shape[2] > 1  # a map of patches
+        assert score.min() >= 0 and score.max() <= 1
     score.mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in discriminator.parameters())
 
