@@ -23,7 +23,8 @@ def main() -> int:
 
     from dataset import TestSet
     from evaluation import evaluate
-    from models import build_generator
+    from methods import method_for
+    from models import build_discriminator, build_generator
     from runtime import resolve_amp, resolve_device
 
     device = resolve_device(cfg.device)
@@ -31,7 +32,9 @@ def main() -> int:
     for seed in range(known.seeds):
         torch.manual_seed(seed)
         generator = build_generator(cfg).to(device)
-        result = evaluate(generator, test_set, cfg, device, resolve_amp(cfg, device), progress=False)
+        discriminator = build_discriminator(cfg).to(device) if method_for(cfg).scores_with_discriminator else None
+        result = evaluate(generator, test_set, cfg, device, resolve_amp(cfg, device), progress=False,
+                          discriminator=discriminator)
         print(f"{cfg.dataset} untrained {cfg.model} (width {cfg.base_channels}, {cfg.img_size}px), seed {seed}: "
               f"micro AUC {100 * result.metrics.micro_auc:.2f}%")
     return 0
