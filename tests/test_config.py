@@ -61,3 +61,14 @@ def test_unknown_dataset_from_the_command_line_is_one_line():
     run = subprocess.run([sys.executable, "train.py", "--dataset=ucsd"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.startswith("error: unknown dataset 'ucsd'")
     assert "Traceback" not in run.stderr
+
+
+def test_recipe_preset_sits_between_the_presets_and_the_flags():
+    cfg, explicit = parse_args(["--preset=ped2_cpu", "--manualseed=3", "--iters=1000"], "t", "")
+    assert (cfg.dataset, cfg.img_size, cfg.base_channels, cfg.flownet) == ("ped2", 128, 32, "none")
+    assert (cfg.ema, cfg.val_holdout, cfg.lr_decay_step) == (0.999, 2, 5000)
+    assert (cfg.lr_g, cfg.lr_d) == (1e-4, 1e-5)  # from the ped2 preset underneath
+    assert (cfg.manualseed, cfg.iters) == (3, 1000)  # flags win
+    assert {"ema", "val_holdout", "img_size"} <= explicit  # a resume keeps the recipe's fields as set by the user
+    with pytest.raises(UserError, match="unknown --preset 'ped9': valid names are ped2_cpu"):
+        parse_args(["--preset=ped9"], "t", "")
