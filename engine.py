@@ -128,6 +128,9 @@ class Trainer:
         self.rank, self.world = ((distributed.rank(), distributed.world_size()) if distributed.active() else (0, 1))
         self.cfg, self.progress = cfg, progress and self.rank == 0
         self.method = method_for(cfg)
+        if cfg.val_holdout and self.method.name != "prediction" and self.rank == 0:
+            print(f"note: --val_holdout picks the checkpoint that reconstructs held-out normal frames best, which "
+                  f"favours a --model={cfg.model} that copies its input; check the normal/anomalous PSNR gap")
         configure_threads(cfg)
         seed_everything(cfg.manualseed)
         self.device = resolve_device(cfg.device)

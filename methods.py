@@ -59,6 +59,9 @@ class PredictionMethod:
         if cfg.clip_len < 2:
             raise UserError(f"--model={cfg.model} predicts a frame from the ones before it: --clip_len must be at "
                             f"least 2, got {cfg.clip_len}")
+        if cfg.discriminator == "dcgan":
+            raise UserError(f"--discriminator=dcgan is Skip-GANomaly's (a logit and features per frame); "
+                            f"--model={cfg.model} trains with a patch discriminator: use --discriminator=pixel")
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x[:, :-1].flatten(1, 2), x[:, -1]
@@ -113,9 +116,11 @@ class SkipGANomalyMethod:
     Authors' code, followed: G is updated before D on the same reconstruction; D is re-initialised when its loss
     falls below ``--d_reinit_below`` (1e-5); Adam 2e-4 with beta1 0.5 and no decay (config.MODEL_PRESETS).
     Fixed: no latent loss in D's objective, no noise added to G's input (losses/ and models/skipganomaly.py say why).
-    Ours: the latent error of the score uses D in eval mode (BatchNorm running statistics), so a frame's score does
-    not depend on the frames batched with it; the score is min-max normalised per video like FFP's, and over the
-    whole test set (the authors' rule) with ``--score_norm=global``.
+    Ours: scoring runs G and D in eval mode (BatchNorm running statistics; the authors never call eval()), so a
+    frame's score does not depend on the frames batched with it, and D's features in fp32; the score is min-max
+    normalised per video like FFP's, and over the whole test set (the authors' rule) with ``--score_norm=global``.
+    Label-free selection (``--val_holdout``) picks the checkpoint that reconstructs held-out normal frames best,
+    which favours a generator that copies its input: for this method, read it with the normal/anomalous PSNR gap.
     """
 
     name = "skipganomaly"
@@ -123,6 +128,9 @@ class SkipGANomalyMethod:
     loss_names = ("g_total", "g_adv", "g_con", "g_lat", "d_loss", "d_reinit")
 
     def check(self, cfg: Config) -> None:
+        if cfg.discriminator != "dcgan":
+            raise UserError(f"--model={cfg.model} needs its DCGAN discriminator (its features give the latent loss "
+                            f"and score): drop --discriminator={cfg.discriminator}")
         if cfg.flownet != "none":
             raise UserError(f"--model={cfg.model} reconstructs single frames and has no flow loss: drop "
                             f"--flownet={cfg.flownet}")
@@ -165,6 +173,7 @@ class SkipGANomalyMethod:
             mean_d = float(distributed.all_reduce_mean(d_loss.detach().float().reshape(1))[0])
             if mean_d < cfg.d_reinit_below:
                 trainer.discriminator.apply(init_weights)
+                distributed.broadcast_module(trainer.discriminator)  # DDP syncs gradients, not re-drawn weights
                 reinit = torch.ones((), device=trainer.device)
         return dict(g_total=g_total, g_adv=g_adv, g_con=g_con, g_lat=g_lat, d_loss=d_loss, d_reinit=reinit,
                     prediction=reconstruction, target=frame)
@@ -175,8 +184,11 @@ class SkipGANomalyMethod:
             raise ValueError("Skip-GANomaly's score needs the discriminator's features")
         was_training = discriminator.training
         discriminator.eval()
-        _, real = discriminator(target)
-        _, fake = discriminator(prediction.to(target.dtype))
+        # fp32 even under autocast: in bf16 the two feature vectors would each be rounded (~0.4%) before their
+        # difference is taken, a sizeable share of a small latent error.
+        with torch.autocast(target.device.type, enabled=False):
+            _, real = discriminator(target.float())
+            _, fake = discriminator(prediction.float())
         discriminator.train(was_training)
         return {"reconstruction_mse": sg.per_sample_mse(prediction, target), "latent_mse": sg.per_sample_mse(real, fake)}
 

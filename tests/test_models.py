@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from config import preset
+from config import preset, resolve
 from errors import UserError
 from flownet import FLOWNETS, build_flownet
 from flownet.flownet2sd import FlowNet2SD
@@ -15,7 +15,7 @@ CFG = preset("toy").replace(img_size=32, base_channels=8)
 @pytest.mark.parametrize("name", sorted(GENERATORS))
 def test_generator_shapes_range_and_gradients(name):
     torch.manual_seed(0)
-    cfg = CFG.replace(model=name)
+    cfg = resolve({"dataset": "toy", "model": name}).replace(img_size=32, base_channels=8)  # with its model preset
     generator = build_generator(cfg)
     clip = torch.rand(2, cfg.clip_len, 3, 32, 32) * 2 - 1
     inputs, target = method_for(cfg).split(clip)  # the method says what the generator reads

@@ -164,6 +164,8 @@ def test_trains_and_evaluates_from_the_command_line(sg_cfg, tmp_path):
 @pytest.mark.parametrize("flags,message", [
     (["--img_size=48"], "power-of-two --img_size"),
     (["--flownet=spynet"], "has no flow loss"),
+    (["--discriminator=pixel"], "needs its DCGAN discriminator"),
+    (["--model=ffp", "--discriminator=dcgan"], "--discriminator=dcgan is Skip-GANomaly's"),
 ])
 def test_bad_settings_are_one_clear_line(sg_cfg, flags, message):
     result = run("train.py", *cli_flags(sg_cfg), "--dataset=toy", "--model=skipganomaly", "--iters=1", *flags)
