@@ -42,7 +42,8 @@ def main() -> int:
     args = parser.parse_args()
     curves = [read_curve(p) for p in args.logs]
     steps = sorted(set.intersection(*(set(auc) for auc, _ in curves)))
-    header = ["step"] + (["train min"] if args.seconds_per_step else []) + [p.stem for p in args.logs] + ["mean", "sd"]
+    names = [p.parent.name if p.stem == "train" else p.stem for p in args.logs]  # runs/<run>/train.log
+    header = ["step"] + (["train min"] if args.seconds_per_step else []) + names + ["mean", "sd"]
     print(" | ".join(header))
     for step in steps:
         values = [auc[step] for auc, _ in curves]
