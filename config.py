@@ -17,7 +17,7 @@ import json
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from errors import UserError
 
@@ -40,6 +40,8 @@ class Config:
     discriminator: str = "pixel"  # discriminator registry name (pixel: FFP's PatchGAN; dcgan: Skip-GANomaly's)
     flownet: str = "none"  # flow estimator (flownet/__init__.py): auto, flownet2sd, spynet, lucaskanade, none
     flownet_weights: str = ""  # weights file of the flow network; empty = the usual places in weights/
+    semantic: str = "auto"  # F2LM's semantic input (models/semantic.py): auto, deeplabv3, none
+    stage: str = "generator"  # MAMA (--model=f2lm): generator (stage 1) or destroyer (stage 2, needs --pretrained)
     # --- optimisation -----------------------------------------------------------------------------------------
     iters: int = 80000
     batch_size: int = 4
@@ -48,6 +50,7 @@ class Config:
     lr_decay_step: int = 7000  # both learning rates are multiplied by lr_decay_gamma at this step
     lr_decay_gamma: float = 0.1
     adam_beta1: float = 0.9  # Adam's first beta for G and D (Skip-GANomaly: 0.5)
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW) of G and D; 0 = plain Adam (MAMA: 1e-4)
     lam_int: float = 1.0
     lam_grad: float = 1.0
     lam_flow: float = 2.0
@@ -55,6 +58,8 @@ class Config:
     flow_loss_scale: float = 20.0  # flows enter the flow loss divided by this (FlowNet's native output unit)
     lam_con: float = 50.0  # Skip-GANomaly: weight of the contextual (L1 reconstruction) loss
     lam_lat: float = 1.0  # Skip-GANomaly: weight of the latent loss (L2 between D's features of real and fake)
+    lam_triplet: float = 1.0  # MAMA: weight of the two triplet losses (motion and label)
+    triplet_margin: float = 0.2  # MAMA: margin of the triplet losses
     d_reinit_below: float = 0.0  # re-initialise D when its loss falls below this (Skip-GANomaly: 1e-5; 0 = never)
     manualseed: int = 50
     ema: float = 0.0  # decay of an exponential moving average of G's weights, which validation, checkpoints and
@@ -82,6 +87,8 @@ class Config:
     macro_single_class: str = "exclude"  # exclude | pad: how videos with one class enter the macro AUC
     score_norm: str = "video"  # video | global: min-max the anomaly score per video (FFP protocol) or over the test set
     score_lambda: float = 0.9  # Skip-GANomaly: score = lambda * reconstruction error + (1 - lambda) * latent error
+    score_weights: str = "1,1,1,1"  # MAMA: weights of the z-scored motion triplet, label triplet, generator error
+    #                                 and Destroyer error (fixed; tools/mama_weights.py searches them on test labels)
     plots: bool = True  # eval.py: write ROC and per-video score plots
 
     def to_json(self) -> str:
@@ -127,6 +134,14 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         discriminator="dcgan", flownet="none", lr_g=2e-4, lr_d=2e-4, adam_beta1=0.5, lr_decay_gamma=1.0,
         lam_adv=1.0, lam_con=50.0, lam_lat=1.0, d_reinit_below=1e-5,
     ),
+    # MAMA's F2LM (authors' code, ../shared/METHODS.md): flows feed an encoder (no flow loss), intensity 1 on every
+    # dataset, AdamW with weight decay equal to the G learning rate (MODEL_DERIVED), no decay schedule.
+    "f2lm": dict(flownet="auto", lr_decay_gamma=1.0, lam_int=1.0, lam_grad=1.0, lam_adv=0.05),
+}
+
+# Model settings that follow other settings of the resolved dataset preset (applied before recipes and flags).
+MODEL_DERIVED: dict[str, Callable[["Config"], dict[str, Any]]] = {
+    "f2lm": lambda cfg: dict(weight_decay=cfg.lr_g),  # the authors': 1e-4 on Ped1/2, 2e-4 on Avenue/ShanghaiTech
 }
 
 # Named recipes (--preset=<name>): a complete, measured set of flags for one purpose.  See RESULTS.md.
@@ -199,6 +214,8 @@ def resolve(given: dict[str, Any]) -> Config:
     cfg = preset(given.get("dataset", recipe.get("dataset", Config.dataset)))
     model = given.get("model", recipe.get("model", cfg.model))
     cfg = cfg.replace(**MODEL_PRESETS.get(model, {}))
+    if model in MODEL_DERIVED:
+        cfg = cfg.replace(**MODEL_DERIVED[model](cfg))
     cfg = cfg.replace(**{**recipe, **given, "dataset": cfg.dataset})
     validate(cfg)
     return cfg
@@ -218,7 +235,21 @@ _CHOICES = {
     "channels_last": ("auto", "on", "off"),
     "macro_single_class": ("exclude", "pad"),
     "score_norm": ("video", "global"),
+    "semantic": ("auto", "deeplabv3", "none"),
+    "stage": ("generator", "destroyer"),
 }
+
+
+def score_weights(cfg: Config) -> tuple[float, float, float, float]:
+    """MAMA's four score weights (motion triplet, label triplet, generator error, Destroyer error)."""
+    try:
+        values = tuple(float(v) for v in cfg.score_weights.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or any(v < 0 for v in values):
+        raise UserError(f"--score_weights={cfg.score_weights} is not valid: four non-negative numbers, e.g. 1,1,1,1 "
+                        f"(motion triplet, label triplet, generator error, Destroyer error)")
+    return values  # type: ignore[return-value]
 
 
 def validate(cfg: Config) -> None:
@@ -240,6 +271,11 @@ def validate(cfg: Config) -> None:
         raise UserError(f"--score_lambda must be in [0, 1], got {cfg.score_lambda}")
     if not 0.0 < cfg.adam_beta1 < 1.0:
         raise UserError(f"--adam_beta1 must be in (0, 1), got {cfg.adam_beta1}")
+    score_weights(cfg)
+    if cfg.weight_decay < 0:
+        raise UserError(f"--weight_decay must be >= 0, got {cfg.weight_decay}")
+    if cfg.stage != "generator" and cfg.model != "f2lm":
+        raise UserError(f"--stage={cfg.stage} is MAMA's second stage: it needs --model=f2lm (got --model={cfg.model})")
     if cfg.img_size % 8:
         raise UserError(f"--img_size must be a multiple of 8 (the U-Net halves it three times), got {cfg.img_size}")
     for name in ("save_interval", "val_interval", "log_interval"):

@@ -129,7 +129,8 @@ def load_generator(args: argparse.Namespace):
                         f"detect.py resizes every frame to the checkpoint's size, drop --img_size")
     from models import method_name
     if method_name(cfg.model) != "prediction":
-        raise UserError(f"{path} is a --model={cfg.model} checkpoint, a reconstruction method: detect.py runs "
+        kind = "a reconstruction method" if method_name(cfg.model) == "skipganomaly" else "scored by more than PSNR"
+        raise UserError(f"{path} is a --model={cfg.model} checkpoint, {kind}: detect.py runs "
                         f"frame-prediction models (ffp, stemgan); score its test frames with eval.py")
     generator = build_generator(cfg)
     n_channels = 3 * cfg.n_inputs

@@ -41,7 +41,7 @@ from config import Config
 from dataset import ClipSampler, TestSet, TrainClips, VideoSet, to_model_range
 from errors import UserError
 from evaluation import evaluate
-from flownet import build_flownet, resolve_flownet_name, store_weights_in
+from flownet import build_flownet, store_weights_in
 from methods import method_for
 from models import build_discriminator, build_generator, is_trainable
 from runtime import (InterruptLatch, autocast, configure_threads, resolve_amp, resolve_device, rng_state,
@@ -50,7 +50,10 @@ from metrics import psnr
 
 # Fields that define the networks and the data they were trained on: a resumed run cannot change them.
 ARCHITECTURE_FIELDS = ("dataset", "model", "base_channels", "discriminator", "img_size", "clip_len", "flownet",
-                       "ema", "val_holdout")
+                       "semantic", "stage", "ema", "val_holdout")
+# What MAMA's Destroyer stage takes from its stage-1 checkpoint unless given again: the generator it trains against.
+STAGE_ONE_FIELDS = ("img_size", "clip_len", "base_channels", "flownet", "flownet_weights", "semantic",
+                    "triplet_margin", "discriminator")
 
 
 def moving_average(generator: nn.Module, decay: float) -> AveragedModel:
@@ -74,6 +77,16 @@ def moving_average(generator: nn.Module, decay: float) -> AveragedModel:
                 a.copy_(c)
 
     return AveragedModel(generator, multi_avg_fn=update, use_buffers=True)
+
+
+def make_optimizer(network: nn.Module, lr: float, cfg: Config) -> torch.optim.Optimizer:
+    """Adam over the network's trainable parameters (a frozen part, MAMA's stage-1 generator, is left out); AdamW
+    with --weight_decay > 0 (MAMA)."""
+    parameters = [p for p in network.parameters() if p.requires_grad]
+    betas = (cfg.adam_beta1, 0.999)
+    if cfg.weight_decay > 0:
+        return torch.optim.AdamW(parameters, lr=lr, betas=betas, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(parameters, lr=lr, betas=betas)
 
 
 def split_holdout(videos: VideoSet, n: int) -> tuple[VideoSet, Optional[VideoSet]]:
@@ -122,13 +135,13 @@ class TrainSummary:
 
 class Trainer:
     def __init__(self, cfg: Config, resume_from: Optional[dict[str, Any]] = None, progress: bool = True):
-        cfg = cfg.replace(flownet=resolve_flownet_name(cfg))  # 'auto' is recorded as what it resolved to
+        self.method = method_for(cfg)
+        cfg = self.method.resolve(cfg)  # 'auto' inputs are recorded as what they resolved to
         # torchrun: this process is rank `rank` of `world`; everything below is the same on every rank except the
         # slice of each global batch it trains on and the share of the videos it validates.
         self.rank, self.world = ((distributed.rank(), distributed.world_size()) if distributed.active() else (0, 1))
         self.cfg, self.progress = cfg, progress and self.rank == 0
-        self.method = method_for(cfg)
-        if cfg.val_holdout and self.method.name != "prediction" and self.rank == 0:
+        if cfg.val_holdout and self.method.name == "skipganomaly" and self.rank == 0:
             print(f"note: --val_holdout picks the checkpoint that reconstructs held-out normal frames best, which "
                   f"favours a --model={cfg.model} that copies its input; check the normal/anomalous PSNR gap")
         configure_threads(cfg)
@@ -147,15 +160,14 @@ class Trainer:
             self.device, memory_format=memory_format)
         self.discriminator = distributed.sync_batchnorm(build_discriminator(cfg), self.device).to(
             self.device, memory_format=memory_format)
-        self.flownet = build_flownet(cfg)
+        self.flownet = build_flownet(cfg) if self.method.uses_flow_loss else None
         if self.flownet is not None:
             store_weights_in(self.flownet.to(self.device), self.amp_dtype)
-        elif cfg.lam_flow and self.method.name == "prediction":
+        elif cfg.lam_flow and self.method.uses_flow_loss:
             print(f"note: training WITHOUT the flow loss (--flownet=none); lam_flow={cfg.lam_flow} is unused")
 
-        betas = (cfg.adam_beta1, 0.999)
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=betas)
-        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d, betas=betas)
+        self.opt_g = make_optimizer(self.generator, cfg.lr_g, cfg)
+        self.opt_d = make_optimizer(self.discriminator, cfg.lr_d, cfg)
         self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, [cfg.lr_decay_step], cfg.lr_decay_gamma)
         self.sched_d = torch.optim.lr_scheduler.MultiStepLR(self.opt_d, [cfg.lr_decay_step], cfg.lr_decay_gamma)
         fp16 = self.amp_dtype == torch.float16 and self.device.type == "cuda"  # CUDA-only: fp16 needs loss scaling
@@ -172,6 +184,7 @@ class Trainer:
         self.sampler = ClipSampler(len(self.train_clips), self.global_batch, cfg.manualseed)
         self.test_set: Optional[TestSet] = distributed.in_turn(lambda: TestSet.load(cfg)) if cfg.val_interval else None
         self.gt_flow: dict[int, torch.Tensor] = {}
+        self.method_cache: dict[str, Any] = {}  # what a method computes once per training frame (MAMA's inputs)
 
         self.step, self.best_auc, self.best_step = 0, -math.inf, -1
         self.best_val_psnr, self.best_val_step = -math.inf, -1
@@ -245,7 +258,13 @@ class Trainer:
         if source.get("model") != self.cfg.model:
             raise UserError(f"--pretrained={name} holds a '{source.get('model')}' generator but --model="
                             f"{self.cfg.model}: pretrain with the same architecture")
-        for label, network, key in (("generator", self.generator, "generator"),
+        generator = self.generator
+        if self.method.name == "destroyer":  # MAMA stage 2 starts from the stage-1 F2LM, with a fresh Destroyer
+            if source.get("stage", "generator") != "generator":
+                raise UserError(f"--pretrained={name} is already a stage-2 (Destroyer) checkpoint: start from the "
+                                f"stage-1 F2LM checkpoint (g_best_auc_<dataset>), or continue with --resume={name}")
+            generator = self.generator.generator
+        for label, network, key in (("generator", generator, "generator"),
                                     ("discriminator", self.discriminator, "discriminator")):
             own = network.state_dict()
             theirs = state.get(key, {})
@@ -263,6 +282,7 @@ class Trainer:
               f"{state.get('step')} steps); optimizers and step start fresh")
 
     def checkpoint_path(self, kind: str) -> Path:
+        kind = self.method.checkpoint_names.get(kind, kind)  # MAMA's Destroyer stage: a_latest, a_best_auc, ...
         return Path(self.cfg.weights_dir) / f"{kind}_{self.cfg.dataset}.pth"
 
     def save(self, kind: str) -> Path:
@@ -297,7 +317,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.update_parameters(self.generator)  # the same on every rank: DDP keeps the weights identical
         self.sched_g.step()
-        self.sched_d.step()
+        if getattr(self.method, "trains_discriminator", True):
+            self.sched_d.step()
         names = self.method.loss_names
         values = torch.stack([out[n].detach().float() for n in names]
                              + [psnr(out["prediction"].detach(), out["target"]).mean()])
@@ -401,8 +422,9 @@ class Trainer:
                     raise KeyboardInterrupt
                 bar.update(1)
                 if cfg.log_interval and self.step % cfg.log_interval == 0:
-                    bar.set_postfix(g=f"{step_losses.g_total:.4f}", d=f"{step_losses.d_loss:.4f}",
-                                    psnr=f"{step_losses.psnr:.2f}")
+                    shown = {k: f"{v:.4f}" for k, v in step_losses.as_dict().items()
+                             if k in ("g_total", "d_loss", "a_loss")}
+                    bar.set_postfix(**shown, psnr=f"{step_losses.psnr:.2f}")
                     self._log(step_losses)
                 if cfg.val_interval and self.step % cfg.val_interval == 0:
                     self.validate()
@@ -417,8 +439,7 @@ class Trainer:
             with signals_ignored(signal.SIGINT):  # torchrun passes the terminal's Ctrl-C on: a second SIGINT
                 bar.close()
                 path = self.save("latest")
-                self._print(f"interrupted at step {self.step}: saved {path}; continue with "
-                            f"--resume=latest_{cfg.dataset}")
+                self._print(f"interrupted at step {self.step}: saved {path}; continue with --resume={path.stem}")
             raise
         finally:
             bar.close()
@@ -468,3 +489,36 @@ def load_resume_state(cfg: Config, explicit: set[str]) -> tuple[Config, Optional
         print(f"note: global batch {merged.batch_size * world} ({world} x --batch_size={merged.batch_size}) instead "
               f"of the checkpoint's {saved['global_batch']}: the run goes on, but not as it would have")
     return merged, state
+
+
+def stage_two_config(cfg: Config, explicit: set[str]) -> Config:
+    """MAMA's Destroyer stage (--stage=destroyer) trains against the F2LM of ``--pretrained``: it takes that run's
+    generator settings (STAGE_ONE_FIELDS) unless they are given again.  Other configs are returned unchanged."""
+    if cfg.stage != "destroyer" or cfg.resume:
+        return cfg
+    if not cfg.pretrained:
+        raise UserError("--stage=destroyer trains MAMA's Destroyer against a trained F2LM generator: add "
+                        f"--pretrained=g_best_auc_{cfg.dataset} (the stage-1 checkpoint)")
+    from checkpoint import resolve_checkpoint
+    from config import config_from_dict
+
+    state = load_checkpoint(resolve_checkpoint(cfg.pretrained, cfg.weights_dir))
+    source = config_from_dict(state.get("config", {}))
+    if source.model != "f2lm":
+        raise UserError(f"--pretrained={cfg.pretrained} holds a '{source.model}' generator: MAMA's Destroyer stage "
+                        f"starts from an F2LM checkpoint (train one with --model=f2lm)")
+    # The frozen generator reads what it was trained on: other inputs or sizes would load (same shapes) and mislead.
+    changed = [k for k in STAGE_ONE_FIELDS if k in explicit and getattr(cfg, k) != getattr(source, k)
+               and k != "flownet_weights"]
+    if changed:
+        details = ", ".join(f"--{k}={getattr(cfg, k)} (stage 1: {getattr(source, k)})" for k in changed)
+        raise UserError(f"the Destroyer trains against the stage-1 generator as it was trained: drop {details}")
+    return cfg.replace(**{k: getattr(source, k) for k in STAGE_ONE_FIELDS if k not in explicit})
+
+
+def resume_note(cfg: Config, explicit: set[str]) -> Optional[str]:
+    """MAMA's README resumes a stage-1 checkpoint to train the Destroyer; here --resume continues the run it names."""
+    if cfg.model == "f2lm" and cfg.stage == "generator" and "stage" not in explicit:
+        return (f"note: --resume={cfg.resume} continues training the F2LM generator (stage 1); MAMA's Destroyer "
+                f"stage is --stage=destroyer --pretrained={cfg.resume}")
+    return None

@@ -24,7 +24,7 @@ from errors import UserError, run_cli
 # Flags that may differ from the checkpoint's config at evaluation time (data location, hardware, outputs).
 EVAL_OVERRIDES = ("dataset", "data_root", "labels", "cache_dir", "device", "amp", "channels_last",
                   "eval_batch_size", "num_threads", "results_dir", "weights_dir", "macro_single_class", "plots",
-                  "score_norm", "score_lambda")
+                  "score_norm", "score_lambda", "score_weights")
 
 
 # eval.py's own flags (not Config fields): taken out of the argument list before the Config flags are parsed.

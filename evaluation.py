@@ -87,11 +87,13 @@ class EvalResult:
 
 
 class FrameErrorCollector:
-    """The batch hook that keeps a method's per-frame errors (e.g. Skip-GANomaly's latent error), per video."""
+    """The batch hook that keeps a method's per-frame errors (e.g. Skip-GANomaly's latent error, MAMA's triplet
+    hinges), per video.  It runs right after the generator's call on the batch, whose ``last_terms`` it may read."""
 
     def __init__(self, method, videos: VideoSet, cfg: Config, discriminator: Optional[nn.Module],
-                 device: torch.device, amp_dtype: Optional[torch.dtype], channels_last: bool):
-        self.method, self.discriminator, self.cfg = method, discriminator, cfg
+                 device: torch.device, amp_dtype: Optional[torch.dtype], channels_last: bool,
+                 generator: Optional[nn.Module] = None):
+        self.method, self.discriminator, self.generator, self.cfg = method, discriminator, generator, cfg
         self.device, self.amp_dtype, self.channels_last = device, amp_dtype, channels_last
         self.lengths = [max(0, n - cfg.clip_len + 1) for n in videos.counts]
         self.values: dict[str, list[np.ndarray]] = {}
@@ -103,7 +105,7 @@ class FrameErrorCollector:
             prediction = prediction.contiguous(memory_format=torch.channels_last)
             target = target.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp_dtype):
-            errors = self.method.frame_errors(prediction, target, self.discriminator)
+            errors = self.method.frame_errors(prediction, target, self.discriminator, self.generator)
         for name, value in errors.items():
             per_video = self.values.setdefault(name, [np.full(n, np.nan) for n in self.lengths])
             per_video[v][targets - (self.cfg.clip_len - 1)] = value.float().cpu().numpy()
@@ -146,11 +148,11 @@ def evaluate(generator: nn.Module, test_set: TestSet, cfg: Config, device: torch
     from distributed import predict_psnr_sharded
     method = method_for(cfg)
     collector = None
-    if method.scores_with_discriminator:
-        if discriminator is None:
-            raise UserError(f"--model={cfg.model} scores frames with its discriminator, and none was given")
+    if method.scores_with_discriminator and discriminator is None:
+        raise UserError(f"--model={cfg.model} scores frames with its discriminator, and none was given")
+    if method.needs_frame_errors:
         collector = FrameErrorCollector(method, test_set.videos, cfg, discriminator, device, amp_dtype,
-                                        channels_last)
+                                        channels_last, generator)
     values = predict_psnr_sharded(generator, test_set.videos, cfg, device, amp_dtype, channels_last, progress,
                                   _chain(collector.add if collector else None, on_batch))
     extras = collector.gathered() if collector else {}

@@ -14,9 +14,13 @@ from errors import run_cli
 def main(argv: Sequence[str] | None = None) -> int:
     cfg, explicit = parse_args(argv, "train.py", __doc__)
     import distributed  # torch loads only once the flags are known to be good
-    from engine import Trainer, load_resume_state
+    from engine import Trainer, load_resume_state, resume_note, stage_two_config
 
     cfg, state = load_resume_state(cfg, explicit)
+    cfg = stage_two_config(cfg, explicit)
+    note = resume_note(cfg, explicit) if state is not None else None
+    if note and distributed.is_main():
+        print(note)
     # torchrun: join the process group (NCCL on CUDA, gloo on the CPU) and leave it however the run ends;
     # plain python: nothing.
     with distributed.process_group(cfg.device):

@@ -77,8 +77,10 @@ AUTO_ORDER = ("flownet2sd", "spynet")
 FALLBACK = "none"
 
 
-def resolve_flownet_name(cfg: Config) -> str:
-    """The estimator ``auto`` stands for on this machine (other names are returned as they are)."""
+def resolve_flownet_name(cfg: Config, fallback: str = FALLBACK, purpose: str = "the flow loss") -> str:
+    """The estimator ``auto`` stands for on this machine (other names are returned as they are): the first of
+    AUTO_ORDER whose weights are present, else ``fallback`` (F2LM, whose motion input needs some flow, falls back to
+    the weight-free lucaskanade)."""
     if cfg.flownet != "auto":
         return cfg.flownet
     if cfg.flownet_weights:
@@ -86,12 +88,16 @@ def resolve_flownet_name(cfg: Config) -> str:
                         "(--flownet=flownet2sd or --flownet=spynet)")
     for name in AUTO_ORDER:
         if any((Path(cfg.weights_dir) / f).is_file() for f in WEIGHT_FILES[name]):
-            print(f"flow: --flownet=auto uses {name} (weights found in {cfg.weights_dir}/)")
+            print(f"flow: --flownet=auto uses {name} for {purpose} (weights found in {cfg.weights_dir}/)")
             return name
-    print(f"NOTE: --flownet=auto found no FlowNet2-SD or SPyNet weights in {cfg.weights_dir}/: training WITHOUT the "
-          f"flow loss (the weight-free --flownet=lucaskanade exists but scored lower on Ped2; see README "
-          f"'Optical flow' for how to get and convert SPyNet)")
-    return FALLBACK
+    if fallback == "none":
+        print(f"NOTE: --flownet=auto found no FlowNet2-SD or SPyNet weights in {cfg.weights_dir}/: training WITHOUT "
+              f"the flow loss (the weight-free --flownet=lucaskanade exists but scored lower on Ped2; see README "
+              f"'Optical flow' for how to get and convert SPyNet)")
+    else:
+        print(f"NOTE: --flownet=auto found no FlowNet2-SD or SPyNet weights in {cfg.weights_dir}/: {purpose} uses the "
+              f"weight-free --flownet={fallback} (see README 'Optical flow' for how to get and convert SPyNet)")
+    return fallback
 
 
 def find_weights(cfg: Config, name: str, label: str, how_to_get: str) -> Path:

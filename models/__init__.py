@@ -62,4 +62,4 @@ def is_trainable(model: nn.Module) -> bool:
     return any(p.requires_grad for p in model.parameters())
 
 
-from models import baselines, discriminator, ffp, skipganomaly, stemgan  # noqa: E402,F401  (registration side effects)
+from models import baselines, discriminator, f2lm, ffp, semantic, skipganomaly, stemgan  # noqa: E402,F401  (registration side effects)
