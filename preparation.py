@@ -984,8 +984,20 @@ def run_parallel(jobs: Sequence, work: Callable, desc: str, opts: Options) -> li
 
     stop = threading.Event()
     results, failures = [], []
+
+    def guarded(job):
+        # A job that fails other than by a UserError (Ctrl-C, a full disk) sets `stop` itself, at once: waiting for
+        # the main thread to see it let the next queued job start and finish meanwhile on a busy machine.
+        try:
+            return work(job, stop)
+        except UserError:
+            raise
+        except BaseException:
+            stop.set()
+            raise
+
     pool = ThreadPoolExecutor(max_workers=max(1, opts.workers))
-    futures = [pool.submit(work, job, stop) for job in jobs]
+    futures = [pool.submit(guarded, job) for job in jobs]
     try:
         with tqdm(total=len(jobs), desc=desc, unit="video", disable=not opts.progress or not jobs,
                   file=sys.stderr) as bar:
