@@ -147,8 +147,9 @@ def destroyer_loss(output: torch.Tensor, clean: torch.Tensor, noisy: torch.Tenso
 # --- the score ----------------------------------------------------------------------------------------------------
 
 def per_frame_mse01(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """MSE on [0, 1] of each frame of two [-1, 1] batches, (B,)."""
-    return ((a.float() - b.float()) / 2).pow(2).flatten(1).mean(1)
+    """MSE on [0, 1] of each frame of two [-1, 1] batches, (B,): a quarter of the MSE on [-1, 1]."""
+    from losses.skipganomaly import per_sample_mse
+    return per_sample_mse(a, b) / 4
 
 
 def zscore(values: np.ndarray) -> np.ndarray:

@@ -27,10 +27,8 @@ SEMANTICS: dict[str, Builder] = {}
 
 
 def register_semantic(name: str) -> Callable[[Builder], Builder]:
-    def decorate(builder: Builder) -> Builder:
-        SEMANTICS[name] = builder
-        return builder
-    return decorate
+    from models import _register  # the generator/discriminator registries' decorator (refuses a name twice)
+    return _register(SEMANTICS, name)
 
 
 def deeplab_weights_path() -> Path:
