@@ -7,7 +7,9 @@ Variants (each on synthetic frames, after warm-up, median of --repeats timed ste
 - fp32:     fp32, NCHW, ground-truth flow cached per clip, evaluation batched (--eval_batch_size);
 - bf16:     as fp32 with bf16 autocast;
 - nhwc:     as fp32 with channels_last;
-- bf16nhwc: both;
+- bf16nhwc: both (the CPU default of train.py and eval.py);
+- int8:     trains as bf16nhwc; evaluates an int8 copy of the generator (eval.py --quantize=int8, models/quantize.py),
+            calibrated on 8 random clips (the cost does not depend on the values; its AUC is measured by eval.py).
 Ratios are against plain.  Each variant runs in its own process, so its peak RSS (resident memory, the torch
 libraries included) is its own.  In the bf16 variants the frozen flow network keeps its weights in bf16, as the
 training engine does (flownet.store_weights_in).  "eval GFLOP/s" is the generator's forward FLOPs (counted by
@@ -117,8 +119,8 @@ def generator_gflop_per_frame(cfg) -> float:
 
 def run_variant(args, variant: str) -> dict:
     cfg = preset("ped2").replace(img_size=args.img_size, base_channels=args.base_channels, model=args.model)
-    amp = torch.bfloat16 if "bf16" in variant else None
-    nhwc = "nhwc" in variant
+    amp = torch.bfloat16 if "bf16" in variant or variant == "int8" else None
+    nhwc = "nhwc" in variant or variant == "int8"
     flow = None
     if args.flownet != "none":
         try:
@@ -130,6 +132,8 @@ def run_variant(args, variant: str) -> dict:
         store_weights_in(flow, amp)
     torch.manual_seed(0)
     fmt = torch.channels_last if nhwc else torch.contiguous_format
+    if flow is not None:
+        flow = flow.to(memory_format=fmt)  # as the training engine does
     G = build_generator(cfg).to(memory_format=fmt)
     D = build_discriminator(cfg).to(memory_format=fmt)
     step = make_step(G, D, flow, torch.optim.Adam(G.parameters(), 1e-4), torch.optim.Adam(D.parameters(), 1e-5),
@@ -144,6 +148,10 @@ def run_variant(args, variant: str) -> dict:
         step(k % 2, clips[k % 2])
         times.append(time.perf_counter() - start)
     batch = 1 if variant == "plain" else args.eval_batch_size
+    if variant == "int8":
+        from models.quantize import quantize_int8
+        calibration = [torch.rand(2, 3 * cfg.n_inputs, args.img_size, args.img_size) * 2 - 1 for _ in range(4)]
+        G, amp, nhwc = quantize_int8(G, calibration, cfg.model), None, False
     eval_fps(G, args.img_size, batch, batch, amp, nhwc)  # warm-up at the timed batch shape
     fps = eval_fps(G, args.img_size, args.eval_frames, batch, amp, nhwc)
     return {"variant": variant, "seconds": statistics.median(times), "fps": fps, "rss": peak_rss_gib()}
@@ -160,7 +168,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--eval_frames", type=int, default=32)
     parser.add_argument("--eval_batch_size", type=int, default=4)
-    parser.add_argument("--variants", default="plain,fp32,bf16,nhwc,bf16nhwc")
+    parser.add_argument("--variants", default="plain,fp32,bf16,nhwc,bf16nhwc,int8")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = parser.parse_args()
     if args.child:

@@ -62,6 +62,23 @@ def test_every_estimator_shape_frozen_and_differentiable_in_its_input(name, tmp_
     assert not any(p.requires_grad for p in network.parameters())
 
 
+@pytest.mark.parametrize("name", ["flownet2sd", "spynet", "lucaskanade"])
+def test_every_estimator_gives_the_same_flow_and_gradient_in_channels_last(name, tmp_path):
+    """The training engine converts the flow network to NHWC with G and D (for speed): same numbers, same gradient."""
+    network = estimator(name, tmp_path)
+    frames = torch.rand(2, 3, 2, 64, 64) * 2 - 1
+    results = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        x = frames.clone().requires_grad_(True)
+        flow = network.to(memory_format=memory_format)(x)
+        flow.square().mean().backward()
+        results.append((flow.detach(), x.grad))
+    (flow_a, grad_a), (flow_b, grad_b) = results
+    assert flow_a.abs().max() > 0 and grad_a.abs().max() > 0
+    torch.testing.assert_close(flow_b, flow_a, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grad_b, grad_a, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("shift", [(3.0, 0.0), (0.0, -2.0), (1.5, 2.5)])
 def test_weight_free_estimator_recovers_a_known_shift(shift):
     network = build_flownet(CFG.replace(flownet="lucaskanade"))

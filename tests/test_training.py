@@ -198,6 +198,19 @@ def test_train_then_eval_from_the_command_line_writes_every_artifact(small_cfg, 
     assert 0 <= metrics["micro_auc"] <= 1 and metrics["n_frames"] == 10 * (160 - 4)
     assert len((folder / "scores.csv").read_text().splitlines()) == 1 + 10 * 156
 
+    # --quantize=int8: calibrated on training clips, results beside the float ones, the same frames scored.
+    quantized = run("eval.py", *cli_flags(small_cfg), "--dataset=toy", "--trained_model=g_best_auc_toy",
+                    "--quantize=int8")
+    assert quantized.returncode == 0, quantized.stderr
+    assert "int8 (calibrated on 32 training clips)" in quantized.stdout
+    int8_metrics = json.loads((tmp_path / "results" / "g_best_auc_toy_int8" / "metrics.json").read_text())
+    assert int8_metrics["n_frames"] == metrics["n_frames"] and 0 <= int8_metrics["micro_auc"] <= 1
+    for bad, expected in (("--quantize=int4", "--quantize=int4 is not valid: choose one of off, int8"),
+                          ("--quantize", "--quantize needs a value")):
+        refused = run("eval.py", *cli_flags(small_cfg), "--dataset=toy", "--trained_model=g_best_auc_toy", bad)
+        message = refused.stderr.strip()
+        assert refused.returncode == 2 and message.startswith(f"error: {expected}") and "\n" not in message, message
+
 
 def test_toy_training_detects_the_toy_anomalies(toy_root, tmp_path):
     """A floor a broken loop cannot reach: an untrained U-Net scores about 0.64 and copy-last about 0.72 here."""
