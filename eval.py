@@ -9,8 +9,8 @@ folder of <video>.npy, or the official UCSD Test folder with its Test0NN_gt fold
 the prepared layout <data_root>/<dataset>/testing/pixel_masks/; --pixel_sigma=<px> sets the map's smoothing.
 
 CPU speed: --quantize=int8 evaluates an int8 copy of the generator (models/quantize.py), calibrated on 32 clips of
-the training split (no test frame, no label), in place of bf16 autocast: 2.3x the frames per second of the bf16
-default at 256x256 on the project's CPU; README 'Speed' gives the AUC both ways.
+the training split (no test frame, no label), in place of bf16 autocast: 2.0x the frames per second of the bf16
+default at 256x256 on the project's CPU, at a cost in AUC (README 'Speed': both ways on Ped2), so it is opt-in.
 
 Causal score: when the checkpoint has a calibration (<checkpoint stem>.calibration.json, written by detect.py), the
 summary adds the causal detector's AUC and, at --fpr=<rate> (0.01), the share of normal and anomalous test frames it

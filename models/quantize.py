@@ -4,8 +4,10 @@ Not in any of the papers: an engineering choice for inference speed.  Every conv
 in and its ReLU fused, runs as an int8 x int8 -> int32 kernel (PyTorch's x86 backend: fbgemm with AVX512-VNNI):
 weights with one scale per output channel, activations with one scale per tensor, chosen by histogram observers
 while the float network predicts a few training clips.  Those clips are normal frames of the training split, so
-quantizing sees no test frame and no label.  On the project's 2-core CPU the FFP U-Net at 256x256 predicts 2.3x as
-many frames per second as in bf16 (bench/speed.py); the AUC with and without it is in README 'Speed'.
+quantizing sees no test frame and no label.  On the project's 2-core CPU the FFP U-Net at 256x256 predicts 2.0x as
+many frames per second as in bf16 (bench/speed.py), but eight-bit activations cost 2-5 dB of prediction PSNR and
+change the AUC (README 'Speed': Ped2 micro AUC 93.48% -> 92.10% for one checkpoint, 92.66% -> 92.65% for
+another; macro AUC 3 points lower for both): an opt-in trade, not a default.
 
 The int8 kernels exist for the CPU only, and the network is traced with torch.fx: a generator whose forward pass
 does not trace (data-dependent control flow) cannot be quantized this way, and says so.  The API used,
