@@ -162,7 +162,7 @@ class Trainer:
             self.device, memory_format=memory_format)
         self.flownet = build_flownet(cfg) if self.method.uses_flow_loss else None
         if self.flownet is not None:
-            # NHWC like G and D: FlowNet2-SD's forward + backward ran 1.6x faster so (README 'Speed').
+            # NHWC like G and D: in NCHW, FlowNet2-SD's 6-channel first convolution was a bf16 step's slowest layer.
             store_weights_in(self.flownet.to(self.device, memory_format=memory_format), self.amp_dtype)
         elif cfg.lam_flow and self.method.uses_flow_loss:
             print(f"note: training WITHOUT the flow loss (--flownet=none); lam_flow={cfg.lam_flow} is unused")

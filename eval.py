@@ -10,7 +10,8 @@ the prepared layout <data_root>/<dataset>/testing/pixel_masks/; --pixel_sigma=<p
 
 CPU speed: --quantize=int8 evaluates an int8 copy of the generator (models/quantize.py), calibrated on 32 clips of
 the training split (no test frame, no label), in place of bf16 autocast: 2.0x the frames per second of the bf16
-default at 256x256 on the project's CPU, at a cost in AUC (README 'Speed': both ways on Ped2), so it is opt-in.
+default at 256x256 on the project's CPU, but it changes the AUC (README 'Speed' gives Ped2's with and without it),
+so it is opt-in.
 
 Causal score: when the checkpoint has a calibration (<checkpoint stem>.calibration.json, written by detect.py), the
 summary adds the causal detector's AUC and, at --fpr=<rate> (0.01), the share of normal and anomalous test frames it
@@ -90,23 +91,36 @@ def load_model(cfg: Config, explicit: set[str]):
     return cfg, generator, discriminator, run, f"{path} (step {step}, trained on {stored.dataset})"
 
 
-def calibration_inputs(cfg: Config, n_clips: int = CALIBRATION_CLIPS, batch_size: int = 4):
-    """Generator inputs of ``n_clips`` training clips spread evenly over the training split, in batches: what
-    --quantize=int8 calibrates its activation ranges on."""
+def calibration_clips(cfg: Config, n_clips: int = CALIBRATION_CLIPS, n_videos: int = 8):
+    """uint8 (N, clip_len, H, W, 3): ``n_clips`` clips spread evenly over ``n_videos`` training videos (themselves
+    spread evenly over the split, so a large training set is not decoded in full): what --quantize=int8 calibrates
+    its activation ranges on.  Training frames only: no test frame, no label."""
     import numpy as np
 
-    from dataset import TrainClips, VideoSet, to_model_range
-    from methods import method_for
+    from dataset import TrainClips, VideoSet, cached_frames, frames_dir, list_videos
 
+    if cfg.dataset == "toy":
+        from toydata import ensure_toy_dataset
+        ensure_toy_dataset(Path(cfg.data_root))
     try:
-        clips = TrainClips(VideoSet.load(cfg, "training"), cfg.clip_len)
+        videos = list_videos(frames_dir(cfg, "training"))
+        chosen = [videos[i] for i in np.unique(np.linspace(0, len(videos) - 1, n_videos).round().astype(int))]
+        frames = cached_frames(chosen, cfg.img_size, Path(cfg.cache_dir) / cfg.dataset / "training",
+                               f"{cfg.dataset} training (int8 calibration)")
+        clips = TrainClips(VideoSet([v.name for v in chosen], frames), cfg.clip_len)
     except UserError as exc:
         raise UserError(f"--quantize=int8 calibrates on training clips, and they cannot be read: {exc} "
                         f"(or use --quantize=off)") from None
-    ids = np.unique(np.linspace(0, len(clips) - 1, n_clips).round().astype(np.int64))
+    return clips.batch(np.unique(np.linspace(0, len(clips) - 1, n_clips).round().astype(np.int64)))
+
+
+def calibration_batches(cfg: Config, clips, batch_size: int = 4):
+    """The generator inputs of ``clips`` (from calibration_clips), in the model range, ``batch_size`` at a time."""
+    from dataset import to_model_range
+    from methods import method_for
+
     split = method_for(cfg).split
-    for lo in range(0, len(ids), batch_size):
-        yield split(to_model_range(clips.batch(ids[lo:lo + batch_size])))[0]
+    return [split(to_model_range(clips[lo:lo + batch_size]))[0] for lo in range(0, len(clips), batch_size)]
 
 
 def causal_rates(checkpoint_name: str, weights_dir: str, result, fpr: float) -> tuple[dict, list[tuple[str, str]]]:
@@ -137,6 +151,9 @@ def causal_rates(checkpoint_name: str, weights_dir: str, result, fpr: float) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv, extra = split_extra_flags(argv)
+    quantize = extra.get("quantize", "off")
+    if quantize not in QUANTIZE_CHOICES:
+        raise UserError(f"--quantize={quantize} is not valid: choose one of {', '.join(QUANTIZE_CHOICES)}")
     cfg, explicit = parse_args(argv, "eval.py", __doc__)
     import torch  # loads only once the flags are known to be good
 
@@ -151,24 +168,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(cfg.device)
     import distributed  # torchrun: each rank predicts a share of the test videos, rank 0 writes (distributed.py)
     distributed.init(device)
-    quantize = extra.get("quantize", "off")
-    if quantize not in QUANTIZE_CHOICES:
-        raise UserError(f"--quantize={quantize} is not valid: choose one of {', '.join(QUANTIZE_CHOICES)}")
+    baseline = described.startswith("baseline")
     amp = resolve_amp(cfg, device)
     channels_last = use_channels_last(cfg, device)
     if quantize == "int8":
         if device.type != "cpu":
             raise UserError(f"--quantize=int8 runs on the CPU only (its int8 kernels are CPU kernels): "
                             f"add --device=cpu or use --quantize=off on {device}")
-        if described.startswith("baseline"):
+        if baseline:
             raise UserError(f"--quantize=int8: the baseline --model={cfg.model} has no weights to quantize")
         if discriminator is not None:
             raise UserError(f"--quantize=int8 quantizes the generator only, and --model={cfg.model} also scores "
                             f"with its discriminator: use --quantize=off")
+        if "amp" in explicit:
+            print(f"note: --amp={cfg.amp} is unused: --quantize=int8 runs int8 kernels in place of autocast")
         from models.quantize import quantize_int8
-        generator = quantize_int8(generator, calibration_inputs(cfg), cfg.model)
+        clips = distributed.in_turn(lambda: calibration_clips(cfg))  # torchrun: rank 0 builds the frame cache
+        generator = quantize_int8(generator, calibration_batches(cfg, clips), cfg.model)
         amp, channels_last = None, False  # int8 kernels replace autocast; they pick their own memory layout
-        described += f"; int8 (calibrated on {CALIBRATION_CLIPS} training clips)"
+        described += f"; int8 (calibrated on {len(clips)} training clips)"
         run += "_int8"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     generator = generator.to(device, memory_format=memory_format)
@@ -188,9 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     pixel = pixels.result() if pixels else None
     info = {"model": described, "dataset": cfg.dataset,
             **({**pixel.as_dict(), "pixel_masks": mask_where} if pixel else {"pixel_level": mask_where})}
-    baseline = described.startswith("baseline")
-    causal, causal_rows = ({}, []) if baseline else causal_rates(checkpoint_name, weights_dir, result,
-                                                                     extra.get("fpr", 0.01))
+    if baseline:
+        causal, causal_rows = {}, []
+    elif quantize == "int8":  # the calibration's PSNR threshold is the float generator's; int8 predicts 2-5 dB lower
+        causal, causal_rows = {}, [("causal score", "not with --quantize=int8 (calibrated for the float generator)")]
+    else:
+        causal, causal_rows = causal_rates(checkpoint_name, weights_dir, result, extra.get("fpr", 0.01))
     folder = Path(cfg.results_dir) / run
     write_results(folder, result, test_set, cfg, {**info, **causal}, cfg.plots)
     print(summary_table(result, f"{cfg.dataset}: {described}; labels from {test_set.label_source}", pixel,

@@ -50,7 +50,13 @@ def set_mmap_threshold(size: int) -> None:
     """glibc's M_MMAP_THRESHOLD (fixed, no longer raised by glibc as large blocks are freed: see mallopt(3))."""
     import ctypes
 
-    if ctypes.CDLL("libc.so.6").mallopt(-3, size) != 1:  # -3 = M_MMAP_THRESHOLD
+    if size <= 0:
+        sys.exit(f"--mmap_threshold={size}: give a size in bytes, e.g. 1048576 (0 = glibc's default)")
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        sys.exit("--mmap_threshold needs glibc (Linux): libc.so.6 not found")
+    if libc.mallopt(-3, size) != 1:  # -3 = M_MMAP_THRESHOLD
         sys.exit(f"--mmap_threshold={size}: glibc refused it (at most 32 MiB on 64-bit systems)")
 
 
@@ -185,7 +191,7 @@ def main() -> None:
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = parser.parse_args()
     if args.child:
-        if args.mmap_threshold:
+        if args.mmap_threshold != 0:
             set_mmap_threshold(args.mmap_threshold)
         print(json.dumps(run_variant(args, args.child)))
         return
@@ -215,8 +221,8 @@ def main() -> None:
               flush=True)
 
     base_step, base_fps = rows[0]["seconds"], rows[0]["fps"]
-    print(f"\n| variant | s/step | train x | eval frames/s | eval x | eval GFLOP/s | peak RSS GiB | RSS before step 1 |\n"
-          f"|---|---|---|---|---|---|---|---|")
+    print("\n| variant | s/step | train x | eval frames/s | eval x | eval GFLOP/s | peak RSS GiB "
+          "| peak RSS before step 1 |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['seconds']:.3f} | {base_step / r['seconds']:.2f} | {r['fps']:.1f} | "
               f"{r['fps'] / base_fps:.2f} | {r['fps'] * gflop:.0f} | {r['rss']:.2f} | {r['rss_built']:.2f} |")

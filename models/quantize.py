@@ -7,7 +7,7 @@ while the float network predicts a few training clips.  Those clips are normal f
 quantizing sees no test frame and no label.  On the project's 2-core CPU the FFP U-Net at 256x256 predicts 2.0x as
 many frames per second as in bf16 (bench/speed.py), but eight-bit activations cost 2-5 dB of prediction PSNR and
 change the AUC (README 'Speed': Ped2 micro AUC 93.48% -> 92.10% for one checkpoint, 92.66% -> 92.65% for
-another; macro AUC 3 points lower for both): an opt-in trade, not a default.
+another; macro AUC 2-3 points lower for both): an opt-in trade, not a default.
 
 The int8 kernels exist for the CPU only, and the network is traced with torch.fx: a generator whose forward pass
 does not trace (data-dependent control flow) cannot be quantized this way, and says so.  The API used,
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -26,13 +27,24 @@ from torch import nn
 from errors import UserError
 
 
+def cpu_has_vnni() -> bool:
+    """True where the CPU multiplies int8 with 32-bit accumulation (AVX512-VNNI, AVX-VNNI or AMX; Linux flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def _qconfig_mapping():
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping
     from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
 
-    # Full 8-bit activations: the default 7-bit range (reduce_range) guards against int16 saturation on CPUs
-    # without VNNI; it cost 4.4 dB of prediction PSNR here.
-    activation = HistogramObserver.with_args(quant_min=0, quant_max=255, reduce_range=False)
+    # Full 8-bit activations where VNNI accumulates in 32 bits.  PyTorch's default keeps them to 7 bits
+    # (reduce_range) so that the int16 intermediate sums of pre-VNNI AVX2 kernels cannot saturate; on Ped2 that cost
+    # 4.4 dB of prediction PSNR and 2.6 points of micro AUC (RESULTS.md, "Speed, third version"), so it is kept only
+    # where it is needed.
+    activation = HistogramObserver.with_args(quant_min=0, quant_max=255, reduce_range=not cpu_has_vnni())
     weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
     return get_default_qconfig_mapping("x86").set_global(QConfig(activation=activation, weight=weight))
 
@@ -40,10 +52,13 @@ def _qconfig_mapping():
 def quantize_int8(generator: nn.Module, calibration_inputs: Iterable[torch.Tensor], model_name: str) -> nn.Module:
     """An int8 copy of ``generator`` (float, CPU), calibrated on ``calibration_inputs`` (generator inputs in the
     model range).  The original is left untouched."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*reduce_range will be deprecated.*")
-        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*are deprecated.*")
+    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
+        raise UserError(f"--quantize=int8 is written for PyTorch's x86 int8 kernels, and this machine's quantized "
+                        f"engine is {torch.backends.quantized.engine}: use --quantize=off")
+    with warnings.catch_warnings():  # only the deprecation notices of torch.ao's quantization API itself
+        warnings.filterwarnings("ignore", message=r"(?s).*torch\.ao\.quantization is deprecated")
+        warnings.filterwarnings("ignore", message=r"(?s).*reduce_range will be deprecated")
+        warnings.filterwarnings("ignore", message=r"(?s).*quantized tensor creation functions.*are deprecated")
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
         model = copy.deepcopy(generator).cpu().float().eval().to(memory_format=torch.contiguous_format)
@@ -55,7 +70,7 @@ def quantize_int8(generator: nn.Module, calibration_inputs: Iterable[torch.Tenso
         try:
             prepared = prepare_fx(model, _qconfig_mapping(), (first,))
         except Exception as exc:  # torch.fx raises many types for code it cannot trace
-            raise UserError(f"--quantize=int8 cannot trace --model={model_name} with torch.fx "
+            raise UserError(f"--quantize=int8 cannot trace or prepare --model={model_name} with torch.fx "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}): use --quantize=off") from None
         with torch.no_grad():
             for batch in (first, *batches):

@@ -45,10 +45,29 @@ class DataDependent(nn.Module):
 
 
 def test_a_generator_that_does_not_trace_is_one_clear_line():
-    with pytest.raises(UserError, match=r"--quantize=int8 cannot trace --model=odd .*use --quantize=off"):
+    with pytest.raises(UserError, match=r"--quantize=int8 cannot trace or prepare --model=odd .*use --quantize=off"):
         quantize_int8(DataDependent(), [smooth_clips(2)], "odd")
 
 
 def test_no_calibration_clips_is_one_clear_line():
     with pytest.raises(UserError, match="needs calibration clips"):
         quantize_int8(UNetGenerator(base=8), [], "ffp")
+
+
+def test_calibration_clips_come_from_a_few_training_videos_only(small_cfg):
+    """Spread over 3 of the toy's training videos, and only those are decoded: no test frame is read."""
+    from pathlib import Path
+    from eval import calibration_clips
+    clips = calibration_clips(small_cfg, n_clips=6, n_videos=3)
+    assert clips.dtype == torch.uint8 and clips.shape == (6, small_cfg.clip_len, 32, 32, 3)
+    cache = Path(small_cfg.cache_dir) / "toy"
+    assert len(list((cache / "training").glob("*.npy"))) == 3 and not (cache / "testing").exists()
+    assert len({c[0].float().mean().item() for c in clips}) == 6  # six different clips
+
+
+def test_calibration_without_a_training_split_is_one_clear_line(small_cfg, tmp_path):
+    from eval import calibration_clips
+    cfg = small_cfg.replace(dataset="ped2", data_root=str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match=r"--quantize=int8 calibrates on training clips, and they cannot be read: "
+                                        r"no frames folder at .*\(or use --quantize=off\)"):
+        calibration_clips(cfg)

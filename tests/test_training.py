@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -205,9 +206,16 @@ def test_train_then_eval_from_the_command_line_writes_every_artifact(small_cfg, 
     assert "int8 (calibrated on 32 training clips)" in quantized.stdout
     int8_metrics = json.loads((tmp_path / "results" / "g_best_auc_toy_int8" / "metrics.json").read_text())
     assert int8_metrics["n_frames"] == metrics["n_frames"] and 0 <= int8_metrics["micro_auc"] <= 1
+    float_psnr = np.load(folder / "scores.npz")["psnr"]
+    int8_psnr = np.load(tmp_path / "results" / "g_best_auc_toy_int8" / "scores.npz")["psnr"]
+    # The same frames predicted alike: per-frame PSNR follows the float model's (a wrong input range or a broken
+    # calibration decorrelates it) and stays within a few dB of it.
+    assert np.corrcoef(float_psnr, int8_psnr)[0, 1] > 0.9 and abs(float_psnr.mean() - int8_psnr.mean()) < 3
     for bad, expected in (("--quantize=int4", "--quantize=int4 is not valid: choose one of off, int8"),
-                          ("--quantize", "--quantize needs a value")):
-        refused = run("eval.py", *cli_flags(small_cfg), "--dataset=toy", "--trained_model=g_best_auc_toy", bad)
+                          ("--quantize", "--quantize needs a value"),
+                          ("--model=copylast", "--quantize=int8: the baseline --model=copylast has no weights")):
+        extra = [bad, "--quantize=int8"] if bad.startswith("--model") else [bad, "--trained_model=g_best_auc_toy"]
+        refused = run("eval.py", *cli_flags(small_cfg), "--dataset=toy", *extra)
         message = refused.stderr.strip()
         assert refused.returncode == 2 and message.startswith(f"error: {expected}") and "\n" not in message, message
 
