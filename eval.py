@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             **({**pixel.as_dict(), "pixel_masks": mask_where} if pixel else {"pixel_level": mask_where})}
     if baseline:
         causal, causal_rows = {}, []
-    elif quantize == "int8":  # the calibration's PSNR threshold is the float generator's; int8 predicts 2-5 dB lower
+    elif quantize == "int8":  # the calibration's PSNR threshold is the float generator's; int8 predicts 1.5-4 dB lower
         causal, causal_rows = {}, [("causal score", "not with --quantize=int8 (calibrated for the float generator)")]
     else:
         causal, causal_rows = causal_rates(checkpoint_name, weights_dir, result, extra.get("fpr", 0.01))

@@ -5,9 +5,9 @@ in and its ReLU fused, runs as an int8 x int8 -> int32 kernel (PyTorch's x86 bac
 weights with one scale per output channel, activations with one scale per tensor, chosen by histogram observers
 while the float network predicts a few training clips.  Those clips are normal frames of the training split, so
 quantizing sees no test frame and no label.  On the project's 2-core CPU the FFP U-Net at 256x256 predicts 2.0x as
-many frames per second as in bf16 (bench/speed.py), but eight-bit activations cost 2-5 dB of prediction PSNR and
-change the AUC (README 'Speed': Ped2 micro AUC 93.48% -> 92.10% for one checkpoint, 92.66% -> 92.65% for
-another; macro AUC 2-3 points lower for both): an opt-in trade, not a default.
+many frames per second as in bf16 (bench/speed.py), but eight-bit activations cost 1.5-4 dB of prediction PSNR and
+change the AUC (README 'Speed': on Ped2, micro AUC 93.48% -> 92.02% for one checkpoint, 92.66% -> 93.14% for
+another, macro AUC 1.8-2.5 points lower for both): an opt-in trade, not a default.
 
 The int8 kernels exist for the CPU only, and the network is traced with torch.fx: a generator whose forward pass
 does not trace (data-dependent control flow) cannot be quantized this way, and says so.  The API used,
@@ -41,9 +41,9 @@ def _qconfig_mapping():
     from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
 
     # Full 8-bit activations where VNNI accumulates in 32 bits.  PyTorch's default keeps them to 7 bits
-    # (reduce_range) so that the int16 intermediate sums of pre-VNNI AVX2 kernels cannot saturate; on Ped2 that cost
-    # 4.4 dB of prediction PSNR and 2.6 points of micro AUC (RESULTS.md, "Speed, third version"), so it is kept only
-    # where it is needed.
+    # (reduce_range) so that the int16 intermediate sums of pre-VNNI AVX2 kernels cannot saturate; on Ped2 that
+    # cost 4.4 dB of prediction PSNR and 2.6 points of micro AUC on one checkpoint (RESULTS.md, "Speed, third
+    # version"), so it is kept only where it is needed.
     activation = HistogramObserver.with_args(quant_min=0, quant_max=255, reduce_range=not cpu_has_vnni())
     weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
     return get_default_qconfig_mapping("x86").set_global(QConfig(activation=activation, weight=weight))
