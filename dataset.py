@@ -137,13 +137,22 @@ class VideoSet:
         return [len(f) for f in self.frames]
 
     @classmethod
-    def load(cls, cfg: Config, split: str) -> "VideoSet":
+    def load(cls, cfg: Config, split: str, max_videos: int = 0) -> "VideoSet":
+        """The split's videos, or with ``max_videos`` > 0 at most that many spread evenly over it (only those are
+        decoded)."""
         if cfg.dataset == "toy":
             from toydata import ensure_toy_dataset
             ensure_toy_dataset(Path(cfg.data_root))
         videos = list_videos(frames_dir(cfg, split))
+        if 0 < max_videos < len(videos):
+            videos = [videos[i] for i in evenly_spaced(len(videos), max_videos)]
         cache = Path(cfg.cache_dir) / cfg.dataset / split
         return cls([v.name for v in videos], cached_frames(videos, cfg.img_size, cache, f"{cfg.dataset} {split}"))
+
+
+def evenly_spaced(n: int, k: int) -> np.ndarray:
+    """Up to ``k`` distinct indices spread evenly over range(n), first and last included."""
+    return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
 
 
 def to_model_range(frames_uint8: torch.Tensor) -> torch.Tensor:

@@ -95,23 +95,14 @@ def calibration_clips(cfg: Config, n_clips: int = CALIBRATION_CLIPS, n_videos: i
     """uint8 (N, clip_len, H, W, 3): ``n_clips`` clips spread evenly over ``n_videos`` training videos (themselves
     spread evenly over the split, so a large training set is not decoded in full): what --quantize=int8 calibrates
     its activation ranges on.  Training frames only: no test frame, no label."""
-    import numpy as np
+    from dataset import TrainClips, VideoSet, evenly_spaced
 
-    from dataset import TrainClips, VideoSet, cached_frames, frames_dir, list_videos
-
-    if cfg.dataset == "toy":
-        from toydata import ensure_toy_dataset
-        ensure_toy_dataset(Path(cfg.data_root))
     try:
-        videos = list_videos(frames_dir(cfg, "training"))
-        chosen = [videos[i] for i in np.unique(np.linspace(0, len(videos) - 1, n_videos).round().astype(int))]
-        frames = cached_frames(chosen, cfg.img_size, Path(cfg.cache_dir) / cfg.dataset / "training",
-                               f"{cfg.dataset} training (int8 calibration)")
-        clips = TrainClips(VideoSet([v.name for v in chosen], frames), cfg.clip_len)
+        clips = TrainClips(VideoSet.load(cfg, "training", max_videos=n_videos), cfg.clip_len)
     except UserError as exc:
         raise UserError(f"--quantize=int8 calibrates on training clips, and they cannot be read: {exc} "
                         f"(or use --quantize=off)") from None
-    return clips.batch(np.unique(np.linspace(0, len(clips) - 1, n_clips).round().astype(np.int64)))
+    return clips.batch(evenly_spaced(len(clips), n_clips))
 
 
 def calibration_batches(cfg: Config, clips, batch_size: int = 4):

@@ -6,6 +6,7 @@ import platform
 import random
 import signal
 import threading
+from pathlib import Path
 from typing import ContextManager, Iterator, Optional
 
 import numpy as np
@@ -43,6 +44,16 @@ def cpu_has_fast_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def cpu_has_vnni() -> bool:
+    """True where the CPU multiplies int8 with 32-bit accumulation (AVX512-VNNI, AVX-VNNI or AMX; Linux flags):
+    there int8 activations may use all 8 bits (models/quantize.py)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def resolve_amp(cfg: Config, device: torch.device) -> Optional[torch.dtype]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -27,18 +26,11 @@ from torch import nn
 from errors import UserError
 
 
-def cpu_has_vnni() -> bool:
-    """True where the CPU multiplies int8 with 32-bit accumulation (AVX512-VNNI, AVX-VNNI or AMX; Linux flags)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
-
-
 def _qconfig_mapping():
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping
     from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
+
+    from runtime import cpu_has_vnni
 
     # Full 8-bit activations where VNNI accumulates in 32 bits.  PyTorch's default keeps them to 7 bits
     # (reduce_range) so that the int16 intermediate sums of pre-VNNI AVX2 kernels cannot saturate; on Ped2 that
