@@ -1,18 +1,22 @@
-"""Checkpoints: one dict per file, written atomically, recognised by a kind tag and a format version.
+"""Checkpoints: one dict per file, written atomically, recognised by a kind tag and a format version; and the one
+loader of their weights into networks (resume, --pretrained, eval.py, detect.py, the predictor).
 
 Contents (training): step, generator, discriminator, both optimizers and schedulers, the resolved config, best
 AUC, RNG states of python/numpy/torch, the sampler position, library versions.  Evaluation needs only
-``generator`` and ``config``.
+``generator`` and ``config`` (and ``discriminator`` for a method that scores with it).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Optional
 
 import torch
+from torch import nn
 
 from errors import UserError
+from config import Config, config_from_dict
 from ioutil import atomic_path
+from models import build_discriminator, build_generator
 
 KIND = "vad-gan-checkpoint"
 FORMAT_VERSION = 1
@@ -49,3 +53,74 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
         raise UserError(f"{path} has checkpoint format {payload['format_version']}, newer than this code "
                         f"({FORMAT_VERSION}): update the project")
     return payload
+
+
+def weights_mismatch(network: nn.Module, weights: Mapping[str, Any]) -> list[str]:
+    """The layers of ``network`` that ``weights`` (a state dict) does not fit, each as 'name (ours) vs (theirs)':
+    missing, of another shape, or present in ``weights`` only.  Empty when they load."""
+    own = network.state_dict()
+    rows = [f"{k} {tuple(own[k].shape)} vs {tuple(weights[k].shape) if k in weights else 'missing'}"
+            for k in own if k not in weights or tuple(weights[k].shape) != tuple(own[k].shape)]
+    rows += [f"{k} unexpected {tuple(weights[k].shape)}" for k in weights if k not in own]
+    return rows
+
+
+def load_weights(network: nn.Module, weights: Any, what: str, source: str, hint: str) -> None:
+    """Load a state dict into ``network``; a mismatch is one UserError line: how many layers, the first three with
+    their shapes, and ``hint`` (what to do), never the hundreds of key names torch would print."""
+    if not isinstance(weights, Mapping):
+        raise UserError(f"{source} holds no {what} weights: pass a checkpoint written by train.py")
+    rows = weights_mismatch(network, weights)
+    if rows:
+        more = f", and {len(rows) - 3} more" if len(rows) > 3 else ""
+        raise UserError(f"{source}: {len(rows)} {what} layers do not match this configuration "
+                        f"({'; '.join(rows[:3])}{more}): {hint}")
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as exc:  # same names and shapes, yet refused (e.g. a dtype torch cannot copy)
+        raise UserError(f"{source}: the {what} weights do not load ({str(exc).splitlines()[0][:200]}): "
+                        f"{hint}") from None
+
+
+def architecture_conflicts(stored: Config, given: Config, explicit: set[str], fields: tuple[str, ...]) -> list[str]:
+    """'--flag=value (checkpoint: value)' for each of ``fields`` given explicitly with a value the checkpoint's
+    config contradicts."""
+    return [f"--{k}={getattr(given, k)} (checkpoint: {getattr(stored, k)})" for k in fields
+            if k in explicit and getattr(given, k) != getattr(stored, k)]
+
+
+def _input_channel_note(generator: nn.Module, weights: Any, cfg: Config) -> str:
+    """What to say when the checkpoint's first convolution reads another number of input channels than the
+    config's clip gives (a checkpoint whose recorded clip_len is not the one it was trained with)."""
+    if not isinstance(weights, Mapping):
+        return ""
+    n_channels = 3 * cfg.n_inputs
+    for key, own in generator.state_dict().items():
+        theirs = weights.get(key)
+        if (theirs is not None and own.dim() == 4 and theirs.dim() == 4 and own.shape[1] == n_channels
+                and theirs.shape[1] != n_channels):
+            return (f"it takes {theirs.shape[1]} input channels, but its config ({cfg.n_inputs} RGB frames) gives "
+                    f"{n_channels}: a checkpoint of another channel count")
+    return ""
+
+
+def load_networks(path: Path | str, with_discriminator: bool = False, config: Optional[Config] = None,
+                  state: Optional[dict[str, Any]] = None) -> tuple[Config, nn.Module, Optional[nn.Module], dict]:
+    """(config, generator, discriminator or None, the checkpoint) of a checkpoint for scoring: the networks built
+    from ``config`` (default: the checkpoint's own) and loaded with its weights, each mismatch summarised.
+    ``state``: the checkpoint already read from ``path``."""
+    state = load_checkpoint(path) if state is None else state
+    if "generator" not in state or "config" not in state:
+        raise UserError(f"{path} has no generator or config: pass a checkpoint written by train.py")
+    cfg = config if config is not None else config_from_dict(state["config"])
+    generator = build_generator(cfg)
+    load_weights(generator, state["generator"], "generator", str(path),
+                 _input_channel_note(generator, state["generator"], cfg)
+                 or f"it is not a --model={cfg.model} of width {cfg.base_channels} on {cfg.clip_len}-frame clips")
+    discriminator = None
+    if with_discriminator:
+        discriminator = build_discriminator(cfg)
+        load_weights(discriminator, state.get("discriminator"), "discriminator", str(path),
+                     f"--model={cfg.model} scores with its --discriminator={cfg.discriminator}, which the checkpoint "
+                     f"does not hold")
+    return cfg, generator, discriminator, state

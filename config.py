@@ -1,8 +1,14 @@
 """One frozen configuration for training and evaluation, its per-dataset presets and its command line.
 
-Every setting is a field of :class:`Config`; the command-line flags of ``train.py`` and ``eval.py`` are generated
-from the fields, so a new setting is one new line here.  Precedence: field default < dataset preset < flags given on
-the command line (and, when resuming, < the stored config of the checkpoint for the fields not given again).
+Every setting is a field of :class:`Config`, and the field carries what the command line and the rest of the code
+need to know about it as metadata (:func:`setting`): its help group, its help text, its valid choices or numeric
+range, and the kinds of setting it belongs to (:func:`fields_of`: the fields that define a trained network, the ones
+MAMA's second stage takes from the first, the ones eval.py may change).  The flags of ``train.py`` and ``eval.py``,
+their ``--help`` and their validation are generated from it, so a new setting is one new field here.
+
+Precedence: field default < dataset preset < model preset < recipe (--preset) < a saved run's config
+(--config=<config.json>) < flags given on the command line (and, when resuming, < the stored config of the
+checkpoint for the fields not given again).
 
 Published FFP settings (Liu et al., CVPR 2018; the authors' ``training_hyper_params/hyper_params.ini``):
 intensity (L2) weight 1 (Avenue: 0.001), gradient weight 1, flow weight 2, adversarial weight 0.05; Adam with
@@ -14,82 +20,235 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 from errors import UserError
 
 DATASET_ALIASES = {"shanghaitech": "shanghai"}
 
+# The help groups of the settings, in the order --help lists them.
+GROUPS = ("data", "networks", "optimisation", "run control", "compute", "evaluation")
+# The kinds a setting may belong to (its metadata's "kinds"; fields_of lists the members of one).
+KINDS = {
+    "architecture": "defines the networks and the data they were trained on: a resumed run cannot change it",
+    "stage_one": "MAMA's Destroyer stage takes it from its stage-1 checkpoint unless it is given again",
+    "eval_override": "may differ from the checkpoint's config at evaluation time (data location, hardware, outputs)",
+}
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric setting: bounds (None = unbounded), each closed or open, an optional step, and
+    a note for the message.  A float must also be finite, whatever its bounds."""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    multiple_of: int = 1
+    note: str = ""
+
+    def contains(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return self.multiple_of == 1 or value % self.multiple_of == 0
+
+    def describe(self, kind: type = float, note: bool = True) -> str:
+        """'a finite number > 0', 'an integer in [0, 1]', ...: what a valid value is (and the note, if ``note``)."""
+        text = "an integer" if kind is int else "a finite number"
+        if self.low is not None and self.high is not None:
+            text += (f" in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
+                     f"{')' if self.high_open else ']'}")
+        elif self.low is not None:
+            text += f" {'>' if self.low_open else '>='} {_number(self.low)}"
+        elif self.high is not None:
+            text += f" {'<' if self.high_open else '<='} {_number(self.high)}"
+        if self.multiple_of != 1:
+            text += f", a multiple of {self.multiple_of}"
+        return text + (f" ({self.note})" if self.note and note else "")
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+ANY_NUMBER = Range()
+
+
+def setting(default: Any, group: str, help: str, *, choices: Sequence[str] = (), range: Range | None = None,
+            kinds: Iterable[str] = ()) -> Any:
+    """A Config field with its metadata: help ``group`` (one of GROUPS), ``help`` text, valid ``choices`` or numeric
+    ``range`` (numbers without one need only be finite), and the ``kinds`` (KINDS) it belongs to."""
+    if group not in GROUPS or not set(kinds) <= set(KINDS):
+        raise ValueError(f"unknown group {group!r} or kinds {sorted(set(kinds) - set(KINDS))}")
+    metadata: dict[str, Any] = dict(group=group, help=help, kinds=frozenset(kinds))
+    if choices:
+        metadata["choices"] = tuple(choices)
+    if range is not None:
+        metadata["range"] = range
+    return field(default=default, metadata=metadata)
+
+
+_ARCH, _STAGE1, _EVAL = "architecture", "stage_one", "eval_override"
+
 
 @dataclass(frozen=True)
 class Config:
     # --- data -------------------------------------------------------------------------------------------------
-    dataset: str = "toy"  # a preset name: toy, ped1, ped2, avenue, shanghai (alias shanghaitech), custom
-    preset: str = ""  # a named recipe over the dataset preset (RECIPES below: ped2_cpu); empty = none
-    data_root: str = "data"  # folder holding <dataset>/{training,testing}/frames/<video>/<frame>.jpg
-    labels: str = ""  # label file or folder; empty = look beside the dataset (see dataset.find_label_source)
-    cache_dir: str = "cache"  # decoded, resized uint8 frames are kept here (one .npy per video)
-    img_size: int = 256  # frames are resized to img_size x img_size
-    clip_len: int = 5  # 4 input frames + 1 predicted frame
+    dataset: str = setting(
+        "toy", "data", "a preset name: toy, ped1, ped2, avenue, shanghai (alias shanghaitech), custom",
+        kinds={_ARCH, _EVAL})
+    preset: str = setting(
+        "", "data", "a named recipe over the dataset preset (config.RECIPES: ped2_cpu); empty = none")
+    data_root: str = setting(
+        "data", "data", "folder holding <dataset>/{training,testing}/frames/<video>/<frame>.jpg", kinds={_EVAL})
+    labels: str = setting(
+        "", "data", "label file or folder; empty = look beside the dataset (see dataset.find_label_source)",
+        kinds={_EVAL})
+    cache_dir: str = setting(
+        "cache", "data", "decoded, resized uint8 frames are kept here (one .npy per video)", kinds={_EVAL})
+    img_size: int = setting(
+        256, "data", "frames are resized to img_size x img_size",
+        range=Range(8, multiple_of=8, note="the U-Net halves it three times"), kinds={_ARCH, _STAGE1})
+    clip_len: int = setting(
+        5, "data", "frames per clip: clip_len-1 input frames + 1 predicted frame (5: 4 + 1)", range=AT_LEAST_ONE,
+        kinds={_ARCH, _STAGE1})
     # --- networks ---------------------------------------------------------------------------------------------
-    model: str = "ffp"  # generator registry name (models/__init__.py); it also picks the method (methods.py)
-    base_channels: int = 64  # width of the first U-Net stage (64 in the paper)
-    discriminator: str = "pixel"  # discriminator registry name (pixel: FFP's PatchGAN; dcgan: Skip-GANomaly's)
-    flownet: str = "none"  # flow estimator (flownet/__init__.py): auto, flownet2sd, spynet, lucaskanade, none
-    flownet_weights: str = ""  # weights file of the flow network; empty = the usual places in weights/
-    semantic: str = "auto"  # F2LM's semantic input (models/semantic.py): auto, deeplabv3, none
-    stage: str = "generator"  # MAMA (--model=f2lm): generator (stage 1) or destroyer (stage 2, needs --pretrained)
+    model: str = setting(
+        "ffp", "networks", "generator registry name (models/__init__.py); it also picks the method (methods.py)",
+        kinds={_ARCH})
+    base_channels: int = setting(
+        64, "networks", "width of the first U-Net stage (64 in the paper)", range=AT_LEAST_ONE,
+        kinds={_ARCH, _STAGE1})
+    discriminator: str = setting(
+        "pixel", "networks",
+        "discriminator registry name (pixel: FFP's PatchGAN; dcgan: Skip-GANomaly's)", kinds={_ARCH, _STAGE1})
+    flownet: str = setting(
+        "none", "networks", "flow estimator (flownet/__init__.py): auto, flownet2sd, spynet, lucaskanade, none",
+        kinds={_ARCH, _STAGE1})
+    flownet_weights: str = setting(
+        "", "networks", "weights file of the flow network; empty = the usual places in weights/", kinds={_STAGE1})
+    semantic: str = setting(
+        "auto", "networks", "F2LM's semantic input (models/semantic.py)", choices=("auto", "deeplabv3", "none"),
+        kinds={_ARCH, _STAGE1})
+    stage: str = setting(
+        "generator", "networks", "MAMA (--model=f2lm): generator (stage 1) or destroyer (stage 2, needs "
+        "--pretrained)", choices=("generator", "destroyer"), kinds={_ARCH})
     # --- optimisation -----------------------------------------------------------------------------------------
-    iters: int = 80000
-    batch_size: int = 4
-    lr_g: float = 1e-4
-    lr_d: float = 1e-5
-    lr_decay_step: int = 7000  # both learning rates are multiplied by lr_decay_gamma at this step
-    lr_decay_gamma: float = 0.1
-    adam_beta1: float = 0.9  # Adam's first beta for G and D (Skip-GANomaly: 0.5)
-    weight_decay: float = 0.0  # decoupled weight decay (AdamW) of G and D; 0 = plain Adam (MAMA: 1e-4)
-    lam_int: float = 1.0
-    lam_grad: float = 1.0
-    lam_flow: float = 2.0
-    lam_adv: float = 0.05
-    flow_loss_scale: float = 20.0  # flows enter the flow loss divided by this (FlowNet's native output unit)
-    lam_con: float = 50.0  # Skip-GANomaly: weight of the contextual (L1 reconstruction) loss
-    lam_lat: float = 1.0  # Skip-GANomaly: weight of the latent loss (L2 between D's features of real and fake)
-    lam_triplet: float = 1.0  # MAMA: weight of the two triplet losses (motion and label)
-    triplet_margin: float = 0.2  # MAMA: margin of the triplet losses
-    d_reinit_below: float = 0.0  # re-initialise D when its loss falls below this (Skip-GANomaly: 1e-5; 0 = never)
-    manualseed: int = 50
-    ema: float = 0.0  # decay of an exponential moving average of G's weights, which validation, checkpoints and
-    #                   eval.py then use (0 = off; 0.999 averages over about the last 1,000 steps)
+    iters: int = setting(80000, "optimisation", "training steps", range=AT_LEAST_ONE)
+    batch_size: int = setting(
+        4, "optimisation", "training clips per step (per process under torchrun)", range=AT_LEAST_ONE)
+    lr_g: float = setting(1e-4, "optimisation", "Adam learning rate of the generator G", range=POSITIVE)
+    lr_d: float = setting(1e-5, "optimisation", "Adam learning rate of the discriminator D", range=POSITIVE)
+    lr_decay_step: int = setting(
+        7000, "optimisation", "both learning rates are multiplied by lr_decay_gamma at this step",
+        range=NON_NEGATIVE)
+    lr_decay_gamma: float = setting(
+        0.1, "optimisation", "factor of both learning rates at lr_decay_step (1 = no decay)", range=POSITIVE)
+    adam_beta1: float = setting(
+        0.9, "optimisation", "Adam's first beta for G and D (Skip-GANomaly: 0.5)",
+        range=Range(0, 1, low_open=True, high_open=True))
+    weight_decay: float = setting(
+        0.0, "optimisation", "decoupled weight decay (AdamW) of G and D; 0 = plain Adam (MAMA: 1e-4)",
+        range=NON_NEGATIVE)
+    lam_int: float = setting(1.0, "optimisation", "weight of the intensity (L2) loss", range=NON_NEGATIVE)
+    lam_grad: float = setting(1.0, "optimisation", "weight of the gradient loss", range=NON_NEGATIVE)
+    lam_flow: float = setting(
+        2.0, "optimisation", "weight of the optical-flow loss (needs a flow network, --flownet)",
+        range=NON_NEGATIVE)
+    lam_adv: float = setting(0.05, "optimisation", "weight of G's adversarial loss", range=NON_NEGATIVE)
+    flow_loss_scale: float = setting(
+        20.0, "optimisation", "flows enter the flow loss divided by this (FlowNet's native output unit)",
+        range=POSITIVE)
+    lam_con: float = setting(
+        50.0, "optimisation", "Skip-GANomaly: weight of the contextual (L1 reconstruction) loss",
+        range=NON_NEGATIVE)
+    lam_lat: float = setting(
+        1.0, "optimisation", "Skip-GANomaly: weight of the latent loss (L2 between D's features of real and fake)",
+        range=NON_NEGATIVE)
+    lam_triplet: float = setting(
+        1.0, "optimisation", "MAMA: weight of the two triplet losses (motion and label)", range=NON_NEGATIVE)
+    triplet_margin: float = setting(
+        0.2, "optimisation", "MAMA: margin of the triplet losses", range=NON_NEGATIVE, kinds={_STAGE1})
+    d_reinit_below: float = setting(
+        0.0, "optimisation",
+        "re-initialise D when its loss falls below this (Skip-GANomaly: 1e-5; 0 = never)", range=NON_NEGATIVE)
+    manualseed: int = setting(
+        50, "optimisation", "seed of Python's, NumPy's and torch's random generators",
+        range=Range(0, 2**64 - 1))
+    ema: float = setting(
+        0.0, "optimisation",
+        "decay of an exponential moving average of G's weights, which validation, checkpoints and eval.py then use "
+        "(0 = off; 0.999 averages over about the last 1,000 steps)",
+        range=Range(0, 1, high_open=True, note="0 = off, e.g. 0.999"), kinds={_ARCH})
     # --- run control ------------------------------------------------------------------------------------------
-    save_interval: int = 10000
-    val_interval: int = 1000
-    log_interval: int = 20
-    val_holdout: int = 0  # training videos (the last N by name) kept out of training; every validation scores
-    #                       their mean PSNR and keeps weights/g_best_val_<dataset>.pth: selection without test labels
-    resume: str = ""  # checkpoint name in weights/ (latest_ped2) or a path: continue that run exactly
-    trained_model: str = ""  # eval.py: checkpoint name in weights/ (g_best_auc_ped2) or a path
-    pretrained: str = ""  # train.py: initialise G and D from this checkpoint (another dataset), fresh optimizers
-    weights_dir: str = "weights"
-    results_dir: str = "results"
-    log_dir: str = "tensorboard_log"
-    tensorboard: bool = True
+    save_interval: int = setting(
+        10000, "run control", "steps between saves of the resumable checkpoint latest_<dataset> (0 = at the end "
+        "only)", range=Range(0, note="0 disables it"))
+    val_interval: int = setting(
+        1000, "run control", "steps between validations, which keep the best checkpoints (0 = none)",
+        range=Range(0, note="0 disables it"))
+    log_interval: int = setting(
+        20, "run control", "steps between logs of the losses (0 = none)", range=Range(0, note="0 disables it"))
+    val_holdout: int = setting(
+        0, "run control",
+        "training videos (the last N by name) kept out of training; every validation scores their mean PSNR and "
+        "keeps weights/g_best_val_<dataset>.pth: selection without test labels",
+        range=Range(0, note="0 = off"), kinds={_ARCH})
+    resume: str = setting(
+        "", "run control", "checkpoint name in weights/ (latest_ped2) or a path: continue that run exactly")
+    trained_model: str = setting(
+        "", "run control", "eval.py: checkpoint name in weights/ (g_best_auc_ped2) or a path")
+    pretrained: str = setting(
+        "", "run control",
+        "train.py: initialise G and D from this checkpoint (another dataset), fresh optimizers")
+    weights_dir: str = setting(
+        "weights", "run control", "folder of the checkpoints (written by train.py, read by eval.py)", kinds={_EVAL})
+    results_dir: str = setting(
+        "results", "run control", "eval.py writes <results_dir>/<run>/ here", kinds={_EVAL})
+    log_dir: str = setting(
+        "tensorboard_log", "run control", "tensorboard logs and the run's config.json go to <log_dir>/<run>/")
+    tensorboard: bool = setting(True, "run control", "write tensorboard logs (and config.json) to log_dir")
     # --- compute ----------------------------------------------------------------------------------------------
-    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:1
-    amp: str = "auto"  # auto, off, bf16, fp16: autocast precision (auto: see engine.resolve_amp)
-    channels_last: str = "auto"  # auto, on, off: NHWC memory format for the convolutions
-    eval_batch_size: int = 0  # frames per evaluation batch; 0 = 4 on the CPU (fastest in bench/speed.py), 32 on CUDA
-    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    device: str = setting("auto", "compute", "auto (cuda when available), cpu, cuda, cuda:1", kinds={_EVAL})
+    amp: str = setting(
+        "auto", "compute", "autocast precision (auto: see engine.resolve_amp)",
+        choices=("auto", "off", "bf16", "fp16"), kinds={_EVAL})
+    channels_last: str = setting(
+        "auto", "compute", "NHWC memory format for the convolutions", choices=("auto", "on", "off"), kinds={_EVAL})
+    eval_batch_size: int = setting(
+        0, "compute", "frames per evaluation batch; 0 = 4 on the CPU (fastest in bench/speed.py), 32 on CUDA",
+        range=Range(0, note="0 = automatic"), kinds={_EVAL})
+    num_threads: int = setting(
+        0, "compute", "torch CPU threads; 0 = torch's default", range=Range(0, note="0 = torch's default"),
+        kinds={_EVAL})
     # --- evaluation -------------------------------------------------------------------------------------------
-    macro_single_class: str = "exclude"  # exclude | pad: how videos with one class enter the macro AUC
-    score_norm: str = "video"  # video | global: min-max the anomaly score per video (FFP protocol) or over the test set
-    score_lambda: float = 0.9  # Skip-GANomaly: score = lambda * reconstruction error + (1 - lambda) * latent error
-    score_weights: str = "1,1,1,1"  # MAMA: weights of the z-scored motion triplet, label triplet, generator error
-    #                                 and Destroyer error (fixed; tools/mama_weights.py searches them on test labels)
-    plots: bool = True  # eval.py: write ROC and per-video score plots
+    macro_single_class: str = setting(
+        "exclude", "evaluation", "how videos with one class enter the macro AUC", choices=("exclude", "pad"),
+        kinds={_EVAL})
+    score_norm: str = setting(
+        "video", "evaluation", "min-max the anomaly score per video (FFP protocol) or over the test set",
+        choices=("video", "global"), kinds={_EVAL})
+    score_lambda: float = setting(
+        0.9, "evaluation",
+        "Skip-GANomaly: score = lambda * reconstruction error + (1 - lambda) * latent error",
+        range=Range(0, 1), kinds={_EVAL})
+    score_weights: str = setting(
+        "1,1,1,1", "evaluation",
+        "MAMA: weights of the z-scored motion triplet, label triplet, generator error and Destroyer error (fixed; "
+        "tools/mama_weights.py searches them on test labels)", kinds={_EVAL})
+    plots: bool = setting(True, "evaluation", "eval.py: write ROC and per-video score plots", kinds={_EVAL})
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -100,6 +259,21 @@ class Config:
     @property
     def n_inputs(self) -> int:
         return self.clip_len - 1
+
+
+_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def field_type(f: dataclasses.Field) -> type:
+    """int, float, str or bool: the type of a Config field (its annotation is a string here)."""
+    return _TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
+
+
+def fields_of(kind: str) -> tuple[str, ...]:
+    """The names of the fields of one kind (KINDS: architecture, stage_one, eval_override), in field order."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind of setting {kind!r}: one of {', '.join(KINDS)}")
+    return tuple(f.name for f in fields(Config) if kind in f.metadata["kinds"])
 
 
 # Presets hold only what differs from the field defaults.
@@ -124,25 +298,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# Per generator: what its method needs on top of the dataset preset (precedence: field default < dataset preset
-# < model preset < recipe < flags).
-MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    # Skip-GANomaly (Akcay et al., IJCNN 2019), values of the authors' code (../shared/METHODS.md section 2): DCGAN
-    # discriminator, Adam 2e-4 for both networks with beta1 0.5, never decayed, weights adversarial 1, contextual 50,
-    # latent 1, D re-initialised below a loss of 1e-5.  A reconstruction method has no use for a flow network.
-    "skipganomaly": dict(
-        discriminator="dcgan", flownet="none", lr_g=2e-4, lr_d=2e-4, adam_beta1=0.5, lr_decay_gamma=1.0,
-        lam_adv=1.0, lam_con=50.0, lam_lat=1.0, d_reinit_below=1e-5,
-    ),
-    # MAMA's F2LM (authors' code, ../shared/METHODS.md): flows feed an encoder (no flow loss), intensity 1 on every
-    # dataset, AdamW with weight decay equal to the G learning rate (MODEL_DERIVED), no decay schedule.
-    "f2lm": dict(flownet="auto", lr_decay_gamma=1.0, lam_int=1.0, lam_grad=1.0, lam_adv=0.05),
-}
+# What a method needs on top of the dataset preset lives with the method (methods/*.py, ``Method.settings``); the
+# command line (cli.py) hands it to resolve() as ``settings_of``.  Precedence: field default < dataset preset <
+# method settings < recipe < flags.
+SettingsOf = Callable[[str], "tuple[dict[str, Any], Callable[[Config], dict[str, Any]]]"]
 
-# Model settings that follow other settings of the resolved dataset preset (applied before recipes and flags).
-MODEL_DERIVED: dict[str, Callable[["Config"], dict[str, Any]]] = {
-    "f2lm": lambda cfg: dict(weight_decay=cfg.lr_g),  # the authors': 1e-4 on Ped1/2, 2e-4 on Avenue/ShanghaiTech
-}
 
 # Named recipes (--preset=<name>): a complete, measured set of flags for one purpose.  See RESULTS.md.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -172,7 +332,7 @@ def preset(dataset: str) -> Config:
 
 # --- command line ---------------------------------------------------------------------------------------------
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
     lowered = text.lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -181,63 +341,198 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line naming it (and where to look), not a usage dump."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        missing = re.fullmatch(r"argument (--\w+): expected one argument", message)
+        if missing:
+            message = f"{missing[1]} needs a value: {missing[1]}=<value>"
         sys.stderr.write(f"error: {message} (run with --help for the valid flags)\n")
         raise SystemExit(2)
 
 
-def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog=prog, description=description, allow_abbrev=False,
-                            argument_default=argparse.SUPPRESS)
-    defaults = Config()
+# The names these had before they were public (tools/prepare_data.py imports them so).
+_OneLineParser, _parse_bool = OneLineParser, parse_bool
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line flag that is not a Config field (eval.py's own): parsed beside the fields, in its own help
+    group, checked like them, and returned apart from the Config (see parse_command_line)."""
+    name: str
+    type: type
+    default: Any
+    help: str
+    group: str
+    choices: tuple[str, ...] = ()
+    range: Range | None = None
+
+
+def check_setting(name: str, value: Any, kind: type = float, choices: Sequence[str] = (),
+                  range: Range | None = None) -> None:
+    """One UserError line naming the flag ``--name`` when ``value`` is not one of ``choices`` or, for a number,
+    not finite and in ``range``."""
+    if choices and value not in choices:
+        raise UserError(f"--{name}={value} is not valid: choose one of {', '.join(choices)}")
+    if kind in (int, float):
+        allowed = range or ANY_NUMBER
+        if not allowed.contains(value):
+            raise UserError(f"--{name}={value} is not valid: {allowed.describe(kind)}")
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    check_setting(f.name, value, field_type(f), f.metadata.get("choices", ()), f.metadata.get("range"))
+
+
+def _converter(name: str, kind: type) -> Callable[[str], Any]:
+    """argparse's ``type`` for a flag: a value that is no ``kind`` is one UserError line naming the flag."""
+    if kind is bool:
+        return parse_bool
+    if kind is str:
+        return str
+
+    def convert(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise UserError(f"--{name}={text} is not {'an integer' if kind is int else 'a float'}") from None
+    return convert
+
+
+def _help(text: str, kind: type, range: Range | None, default: Any) -> str:
+    parts = [text]
+    if kind in (int, float):
+        parts.append((range or ANY_NUMBER).describe(kind, note=False))  # the help text explains the values
+    if default is not None:
+        parts.append(f"default {default!r}" if kind is str else f"default {default}")
+    return "; ".join(p for p in parts if p).replace("%", "%%")
+
+
+def _add_flag(group: Any, name: str, kind: type, help: str, choices: Sequence[str], range: Range | None,
+              default: Any) -> None:
+    text = _help(help, kind, range, default)
+    if kind is bool:
+        group.add_argument(f"--{name}", type=parse_bool, nargs="?", const=True, metavar="BOOL", help=text)
+    else:
+        metavar = "{" + ",".join(choices) + "}" if choices else {int: "INT", float: "FLOAT", str: "TEXT"}[kind]
+        group.add_argument(f"--{name}", type=_converter(name, kind), metavar=metavar, help=text)
+
+
+def build_parser(prog: str, description: str, defaults: Config | None = None,
+                 extra: Sequence[Flag] = ()) -> argparse.ArgumentParser:
+    """The parser of every Config field (one flag each, in its help group, with its choices, range, help and
+    default: the field's, or ``defaults``'), of --config, and of the ``extra`` flags.  Flags not given are absent
+    from the namespace."""
+    defaults = defaults or Config()
+    parser = OneLineParser(prog=prog, description=description, usage="%(prog)s [--flag=value ...]",
+                           allow_abbrev=False, argument_default=argparse.SUPPRESS,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="PATH", type=str,
+                        help="a saved run's config.json (<log_dir>/<run>/ or <results_dir>/<run>/): its settings, "
+                             "with the flags given here taking precedence")
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
     for f in fields(Config):
-        default = getattr(defaults, f.name)
-        if f.type in ("bool", bool):
-            parser.add_argument(f"--{f.name}", type=_parse_bool, nargs="?", const=True, metavar="BOOL",
-                                help=f"(default {default})")
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            parser.add_argument(f"--{f.name}", type=kind, metavar=f.name.upper(), help=f"(default {default!r})")
+        _add_flag(groups[f.metadata["group"]], f.name, field_type(f), f.metadata["help"],
+                  f.metadata.get("choices", ()), f.metadata.get("range"), getattr(defaults, f.name))
+    for flag in extra:
+        if flag.group not in groups:
+            groups[flag.group] = parser.add_argument_group(flag.group)
+        _add_flag(groups[flag.group], flag.name, flag.type, flag.help, flag.choices, flag.range, flag.default)
     return parser
 
 
-def resolve(given: dict[str, Any]) -> Config:
-    """The config of the flags ``given`` ({field: value}): field defaults < dataset preset < model preset < recipe
-    (--preset) < the flags themselves."""
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings of a saved run's config.json (config.write_config: a JSON object of Config fields), each
+    checked; an unreadable file, an unknown key or an invalid value is one UserError line naming the file."""
+    where = f"--config={path}"
+    try:
+        stored = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{where} is not a JSON file ({exc})") from None
+    if not isinstance(stored, dict):
+        raise UserError(f"{where} is not a saved config: expected a JSON object of settings, as in a run's "
+                        f"config.json")
+    known = {f.name: f for f in fields(Config)}
+    unknown = sorted(set(stored) - set(known))
+    if unknown:
+        raise UserError(f"{where} has unknown settings: {', '.join(unknown)} (the valid ones are the flags of "
+                        f"--help)")
+    values: dict[str, Any] = {}
+    for name, value in stored.items():
+        kind = field_type(known[name])
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            wanted = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
+            raise UserError(f"{where}: {name} is {json.dumps(value)}, expected {wanted}")
+        try:
+            _check_field(known[name], value)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        values[name] = value
+    return values
+
+
+def _help_defaults(argv: Sequence[str], settings_of: SettingsOf) -> Config:
+    """What --help shows as the defaults: the config that the --dataset, --preset, --model and --config given with
+    it resolve to; without them, what a plain run uses (the default dataset's preset)."""
+    parser = OneLineParser(add_help=False, allow_abbrev=False, argument_default=argparse.SUPPRESS)
+    for name in ("dataset", "preset", "model", "config"):
+        parser.add_argument(f"--{name}")
+    given = vars(parser.parse_known_args(argv)[0])
+    stored = read_config_file(given.pop("config")) if "config" in given else {}
+    return resolve({**stored, **given}, settings_of)
+
+
+def resolve(given: dict[str, Any], settings_of: SettingsOf) -> Config:
+    """The config of the flags ``given`` ({field: value}): field defaults < dataset preset < the settings of the
+    model's method (``settings_of(model)``: settings, derived settings) < recipe (--preset) < the flags themselves."""
     recipe_name = given.get("preset", "")
     if recipe_name and recipe_name not in RECIPES:
         raise UserError(f"unknown --preset '{recipe_name}': valid names are {', '.join(sorted(RECIPES))}")
     recipe = RECIPES.get(recipe_name, {})
     cfg = preset(given.get("dataset", recipe.get("dataset", Config.dataset)))
     model = given.get("model", recipe.get("model", cfg.model))
-    cfg = cfg.replace(**MODEL_PRESETS.get(model, {}))
-    if model in MODEL_DERIVED:
-        cfg = cfg.replace(**MODEL_DERIVED[model](cfg))
+    settings, derived = settings_of(model)
+    cfg = cfg.replace(**settings)
+    cfg = cfg.replace(**derived(cfg))
     cfg = cfg.replace(**{**recipe, **given, "dataset": cfg.dataset})
     validate(cfg)
     return cfg
 
 
-def parse_args(argv: Sequence[str] | None, prog: str, description: str) -> tuple[Config, set[str]]:
-    """Config from presets + flags, and the set of fields the user set explicitly, by a flag or through --preset
-    (a resume keeps the others)."""
-    parser = build_parser(prog, description)
-    given = vars(parser.parse_args(argv))
-    explicit = set(given) | set(RECIPES.get(given.get("preset", ""), {}))
-    return resolve(given), explicit
+class Parsed(NamedTuple):
+    config: Config
+    explicit: set[str]  # the fields the user set: by a flag, through --preset, or in the --config file
+    extra: dict[str, Any]  # the values of the extra flags (Flag): given, else their default
 
 
-_CHOICES = {
-    "amp": ("auto", "off", "bf16", "fp16"),
-    "channels_last": ("auto", "on", "off"),
-    "macro_single_class": ("exclude", "pad"),
-    "score_norm": ("video", "global"),
-    "semantic": ("auto", "deeplabv3", "none"),
-    "stage": ("generator", "destroyer"),
-}
+def parse_command_line(argv: Sequence[str] | None, prog: str, description: str, settings_of: SettingsOf,
+                       extra: Sequence[Flag] = ()) -> Parsed:
+    """Config from presets + --config + flags, the fields the user set explicitly (a resume keeps the others), and
+    the values of the ``extra`` flags.  ``--help`` shows, as the defaults, what the --dataset, --preset, --model
+    and --config given with it resolve to."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    defaults = _help_defaults(argv, settings_of) if ("-h" in argv or "--help" in argv) else None
+    given = vars(build_parser(prog, description, defaults, extra).parse_args(argv))
+    values = {}
+    for flag in extra:
+        values[flag.name] = given.pop(flag.name, flag.default)
+        check_setting(flag.name, values[flag.name], flag.type, flag.choices, flag.range)
+    stored = read_config_file(given.pop("config")) if "config" in given else {}
+    merged = {**stored, **given}
+    cfg = resolve(merged, settings_of)
+    recipe = RECIPES.get(merged.get("preset", ""), {})
+    explicit = set(given) | set(recipe)
+    if stored:  # the file's settings count as given where they differ from what its presets alone give
+        base = resolve({k: merged[k] for k in ("dataset", "preset", "model") if k in merged}, settings_of)
+        plain = Config()
+        explicit |= {k for k, v in stored.items() if v != getattr(plain if k in ("dataset", "preset", "model")
+                                                                      else base, k)}
+    return Parsed(cfg, explicit, values)
 
 
 def score_weights(cfg: Config) -> tuple[float, float, float, float]:
@@ -246,41 +541,19 @@ def score_weights(cfg: Config) -> tuple[float, float, float, float]:
         values = tuple(float(v) for v in cfg.score_weights.split(","))
     except ValueError:
         values = ()
-    if len(values) != 4 or any(v < 0 for v in values):
+    if len(values) != 4 or any(not (math.isfinite(v) and v >= 0) for v in values):
         raise UserError(f"--score_weights={cfg.score_weights} is not valid: four non-negative numbers, e.g. 1,1,1,1 "
                         f"(motion triplet, label triplet, generator error, Destroyer error)")
     return values  # type: ignore[return-value]
 
 
 def validate(cfg: Config) -> None:
-    for name, choices in _CHOICES.items():
-        if getattr(cfg, name) not in choices:
-            raise UserError(f"--{name}={getattr(cfg, name)} is not valid: choose one of {', '.join(choices)}")
-    if cfg.eval_batch_size < 0:
-        raise UserError(f"--eval_batch_size must be >= 0 (0 = automatic), got {cfg.eval_batch_size}")
-    for name in ("img_size", "batch_size", "iters", "base_channels"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name} must be a positive integer, got {getattr(cfg, name)}")
-    if not 0.0 <= cfg.ema < 1.0:
-        raise UserError(f"--ema must be in [0, 1) (0 = off, e.g. 0.999), got {cfg.ema}")
-    if cfg.val_holdout < 0:
-        raise UserError(f"--val_holdout must be >= 0 (0 = off), got {cfg.val_holdout}")
-    if cfg.clip_len < 1:
-        raise UserError(f"--clip_len must be at least 1, got {cfg.clip_len}")
-    if not 0.0 <= cfg.score_lambda <= 1.0:
-        raise UserError(f"--score_lambda must be in [0, 1], got {cfg.score_lambda}")
-    if not 0.0 < cfg.adam_beta1 < 1.0:
-        raise UserError(f"--adam_beta1 must be in (0, 1), got {cfg.adam_beta1}")
+    """Every field against its metadata (choices; numbers finite and in range), then the rules across fields."""
+    for f in fields(Config):
+        _check_field(f, getattr(cfg, f.name))
     score_weights(cfg)
-    if cfg.weight_decay < 0:
-        raise UserError(f"--weight_decay must be >= 0, got {cfg.weight_decay}")
     if cfg.stage != "generator" and cfg.model != "f2lm":
         raise UserError(f"--stage={cfg.stage} is MAMA's second stage: it needs --model=f2lm (got --model={cfg.model})")
-    if cfg.img_size % 8:
-        raise UserError(f"--img_size must be a multiple of 8 (the U-Net halves it three times), got {cfg.img_size}")
-    for name in ("save_interval", "val_interval", "log_interval"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"--{name} must be >= 0 (0 disables it), got {getattr(cfg, name)}")
 
 
 def config_from_dict(stored: dict[str, Any]) -> Config:

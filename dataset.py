@@ -9,14 +9,13 @@ Frames are decoded and resized once into a uint8 array per video (``<cache_dir>/
 memory-mapped: decoding JPEGs on every step would dominate a CPU training step.  Frames are RGB; grey datasets
 (Ped1/Ped2 store R=G=B) keep the 3-channel layout the published models expect.  Networks see [-1, 1].
 
-Label formats (DATASETS.md section 3): ano_pred ``.mat`` intervals, MNAD concatenated ``frame_labels_<ds>.npy``,
-ShanghaiTech per-video ``test_frame_mask/*.npy``, and the official UCSD ``.m`` script.  Every loader checks the
-lengths against the frame counts and names the video that disagrees.
+Frame labels (:class:`TestSet`) are found and read by ``labels.py``, the one module for every label and mask format
+(ano_pred ``.mat``, MNAD ``frame_labels_<ds>.npy``, ShanghaiTech ``test_frame_mask/``, UCSD ``.m``); each reader
+checks the lengths against the frame counts and names the video that disagrees.
 """
 from __future__ import annotations
 
 import hashlib
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,11 @@ import torch
 
 from config import Config
 from errors import UserError
+from frames import FRAME_EXTENSIONS, is_frame, natural_key
 from ioutil import atomic_path
+from labels import find_label_source, load_labels
 
-FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+_is_frame, _natural_key = is_frame, natural_key  # the names video_io.py imports (use frames.py in new code)
 SPLITS = ("training", "testing")
 
 
@@ -46,14 +47,6 @@ def frames_dir(cfg: Config, split: str) -> Path:
     return Path(cfg.data_root) / cfg.dataset / split / "frames"
 
 
-def _is_frame(path: Path) -> bool:
-    return path.suffix.lower() in FRAME_EXTENSIONS and not path.name.startswith(".")
-
-
-def _natural_key(path: Path) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name))
-
-
 def list_videos(root: Path) -> list[Video]:
     """Video folders under ``root`` in name order, each with its frames in order. Bad layouts are UserErrors."""
     if not root.is_dir():
@@ -61,8 +54,8 @@ def list_videos(root: Path) -> list[Video]:
                         f"<frame>.jpg (set --data_root, or prepare the dataset first; see README 'Data')")
     videos = []
     for folder in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                         key=_natural_key):
-        frames = tuple(sorted((p for p in folder.iterdir() if _is_frame(p)), key=_natural_key))
+                         key=natural_key):
+        frames = tuple(sorted((p for p in folder.iterdir() if is_frame(p)), key=natural_key))
         if not frames:
             raise UserError(f"video folder {folder} has no frames ({', '.join(FRAME_EXTENSIONS)}): "
                             f"remove it or re-extract the video")
@@ -239,137 +232,7 @@ def n_predicted_frames(videos: VideoSet, clip_len: int) -> int:
     return sum(max(0, n - clip_len + 1) for n in videos.counts)
 
 
-# --- labels ---------------------------------------------------------------------------------------------------
-
-def _check_count(kind: str, path: Path, got: int, want: int) -> None:
-    if got != want:
-        raise UserError(f"{path} has {kind} for {got} test videos but the dataset has {want}: "
-                        f"check --labels and --data_root")
-
-
-def labels_from_ano_pred_mat(path: Path, counts: Sequence[int]) -> list[np.ndarray]:
-    """ano_pred ``gt``: a 1 x n cell of [2 x m] 1-based inclusive anomalous intervals."""
-    import scipy.io
-
-    try:
-        mat = scipy.io.loadmat(str(path))
-    except Exception as exc:  # scipy raises several types for a corrupt file
-        raise UserError(f"cannot read label file {path} as MATLAB .mat ({exc})") from None
-    if "gt" not in mat:
-        keys = ", ".join(k for k in mat if not k.startswith("__"))
-        raise UserError(f"{path} has no variable 'gt' (found: {keys}): expected the ano_pred interval format")
-    cells = np.asarray(mat["gt"]).reshape(-1)
-    _check_count("intervals", path, len(cells), len(counts))
-    labels = []
-    for k, (cell, n) in enumerate(zip(cells, counts)):
-        intervals = np.asarray(cell, dtype=np.int64).reshape(2, -1)
-        video = np.zeros(n, dtype=np.int64)
-        for start, end in intervals.T:
-            if not 1 <= start <= end <= n:
-                raise UserError(f"{path}: test video {k + 1} has interval [{start}, {end}] outside its {n} frames: "
-                                f"the label file does not match these frames")
-            video[start - 1:end] = 1
-        labels.append(video)
-    return labels
-
-
-def labels_from_concatenated_npy(path: Path, counts: Sequence[int]) -> list[np.ndarray]:
-    """MNAD ``frame_labels_<ds>.npy``: all videos' 0/1 labels in one array, (1, N) or (N,)."""
-    try:
-        flat = np.load(path, allow_pickle=False).reshape(-1).astype(np.int64)
-    except (ValueError, OSError) as exc:
-        raise UserError(f"cannot read label file {path} as .npy ({exc})") from None
-    if len(flat) != sum(counts):
-        raise UserError(f"{path} has {len(flat)} frame labels but the {len(counts)} test videos have "
-                        f"{sum(counts)} frames: the label file does not match these frames")
-    return np.split(flat, np.cumsum(counts)[:-1])
-
-
-def labels_from_mask_folder(folder: Path, names: Sequence[str], counts: Sequence[int]) -> list[np.ndarray]:
-    """ShanghaiTech ``test_frame_mask/<video>.npy``: one 0/1 array per test video."""
-    labels = []
-    for name, n in zip(names, counts):
-        path = folder / f"{name}.npy"
-        if not path.exists():
-            raise UserError(f"no frame mask {path} for test video {name}: the mask folder does not match the frames")
-        video = np.load(path, allow_pickle=False).reshape(-1).astype(np.int64)
-        if len(video) != n:
-            raise UserError(f"{path} has {len(video)} labels but test video {name} has {n} frames")
-        labels.append(video)
-    return labels
-
-
-_UCSD_LINE = re.compile(r"gt_frame\s*=\s*\[([^\]]*)\]")
-
-
-def labels_from_ucsd_m(path: Path, counts: Sequence[int]) -> list[np.ndarray]:
-    """Official UCSD ``UCSDpedN.m``: ``TestVideoFile{end+1}.gt_frame = [a:b, c:d];`` per test video."""
-    entries = _UCSD_LINE.findall(path.read_text(errors="replace"))
-    _check_count("gt_frame lines", path, len(entries), len(counts))
-    labels = []
-    for k, (entry, n) in enumerate(zip(entries, counts)):
-        video = np.zeros(n, dtype=np.int64)
-        for start, end in re.findall(r"(\d+)\s*:\s*(\d+)", entry):
-            start, end = int(start), int(end)
-            if not 1 <= start <= end <= n:
-                raise UserError(f"{path}: test video {k + 1} has range {start}:{end} outside its {n} frames")
-            video[start - 1:end] = 1
-        labels.append(video)
-    return labels
-
-
-def labels_from_ucsd_gt_masks(test_dir: Path, counts: Sequence[int]) -> list[np.ndarray]:
-    """Official UCSD pixel masks ``Test0NN_gt/*.bmp``: a frame is anomalous when its mask has a non-zero pixel."""
-    folders = sorted(p for p in test_dir.iterdir() if p.is_dir() and re.fullmatch(r"Test\d+_gt", p.name))
-    _check_count("mask folders", test_dir, len(folders), len(counts))
-    from preparation import read_ucsd_gt_mask_folder  # one reader of the masks (handles frame001.bmp naming)
-
-    labels = []
-    for folder, n in zip(folders, counts):
-        masks = read_ucsd_gt_mask_folder(folder)
-        if len(masks) != n:
-            raise UserError(f"{folder} has {len(masks)} masks but its test video has {n} frames")
-        labels.append(masks.reshape(len(masks), -1).any(axis=1).astype(np.int64))
-    return labels
-
-
-def label_candidates(cfg: Config) -> list[Path]:
-    root, ds = Path(cfg.data_root), cfg.dataset
-    names = [ds, "shanghaitech"] if ds == "shanghai" else [ds]
-    out = []
-    for name in names:
-        out += [root / ds / f"{name}.mat", root / f"{name}.mat", root / "labels" / f"{name}.mat"]
-    out += [root / ds / "testing" / "test_frame_mask", root / "labels" / "shanghaitech_test_frame_mask"] \
-        if ds == "shanghai" else []
-    out += [root / ds / f"frame_labels_{ds}.npy", root / f"frame_labels_{ds}.npy",
-            root / "labels" / f"frame_labels_{ds}.npy"]
-    return out
-
-
-def find_label_source(cfg: Config) -> Path:
-    if cfg.labels:
-        path = Path(cfg.labels)
-        if not path.exists():
-            raise UserError(f"label file {path} does not exist (from --labels)")
-        return path
-    for path in label_candidates(cfg):
-        if path.exists():
-            return path
-    looked = ", ".join(str(p) for p in label_candidates(cfg))
-    raise UserError(f"no labels found for {cfg.dataset} (looked for {looked}): pass --labels=<file or folder>")
-
-
-def load_labels(source: Path, names: Sequence[str], counts: Sequence[int]) -> list[np.ndarray]:
-    """Per-video 0/1 frame labels from any supported format, checked against the frame counts."""
-    if source.is_dir():
-        return labels_from_mask_folder(source, names, counts)
-    loaders = {".mat": labels_from_ano_pred_mat, ".npy": labels_from_concatenated_npy, ".m": labels_from_ucsd_m}
-    loader = loaders.get(source.suffix.lower())
-    if loader is None:
-        raise UserError(f"unknown label format {source}: expected an ano_pred .mat, a frame_labels .npy, "
-                        f"a UCSD .m or a folder of per-video .npy masks")
-    return loader(source, counts)
-
+# --- test set: frames and labels (labels.py reads the label formats) ------------------------------------------
 
 @dataclass
 class TestSet:

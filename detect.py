@@ -48,8 +48,10 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from config import _OneLineParser, _parse_bool
+from config import NON_NEGATIVE, POSITIVE, OneLineParser, Range, check_setting, parse_bool
 from errors import UserError, run_cli
+from labels import labels_from_intervals, read_interval_file
+from predictor import Prediction, StreamPredictor, load_generator as load_stream_generator, to_model_frame  # noqa: F401
 
 BANNER_GREEN = (40, 150, 40)  # BGR
 BANNER_RED = (30, 30, 200)
@@ -60,8 +62,8 @@ DEFAULT_HEAT_MAX = 0.02  # squared error on [0, 1] at which the heatmap saturate
 # --- command line ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="detect.py", description=__doc__, allow_abbrev=False,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="detect.py", description=__doc__, allow_abbrev=False,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", required=True, help="a video file, a folder of frames, or a camera index (0)")
     p.add_argument("--trained_model", required=True, help="checkpoint name in --weights_dir or a path")
     p.add_argument("--weights_dir", default="weights")
@@ -92,145 +94,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"))
     p.add_argument("--channels_last", default="auto", choices=("auto", "on", "off"))
     p.add_argument("--num_threads", type=int, default=0)
-    p.add_argument("--progress", type=_parse_bool, nargs="?", const=True, default=True, metavar="BOOL")
+    p.add_argument("--progress", type=parse_bool, nargs="?", const=True, default=True, metavar="BOOL")
     return p
 
 
 def check_options(args: argparse.Namespace) -> None:
-    if not 0 < args.fpr < 1:
+    """Every numeric flag finite and in range: one UserError line naming the flag (config.check_setting)."""
+    if not 0 < args.fpr < 1:  # nan too
         raise UserError(f"--fpr={args.fpr} must be between 0 and 1 (a false-alarm rate such as 0.01)")
-    for name in ("gap", "fps", "max_frames", "batch_size", "num_threads"):
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name} must be >= 0, got {getattr(args, name)}")
-    if args.heat_max <= 0:
-        raise UserError(f"--heat_max must be > 0, got {args.heat_max}")
+    for name, kind, valid in (("threshold", float, Range(0, 1, note="a min-max normalised score")),
+                              ("gap", float, NON_NEGATIVE),
+                              ("fps", float, Range(0, note="0 = the video's")),
+                              ("max_frames", int, Range(0, note="0 = all")),
+                              ("sigma", float, NON_NEGATIVE),
+                              ("heat_max", float, POSITIVE),
+                              ("img_size", int, Range(0, note="0 = the checkpoint's")),
+                              ("batch_size", int, Range(0, note="0 = automatic")),
+                              ("num_threads", int, Range(0, note="0 = torch's default"))):
+        if getattr(args, name) is not None:  # --sigma: None = the default of localization.py
+            check_setting(name, getattr(args, name), kind, range=valid)
 
 
 # --- the checkpoint -------------------------------------------------------------------------------------------
 
 def load_generator(args: argparse.Namespace):
-    """(config, generator, checkpoint path) with the generator checked to run on the frames detect.py will feed."""
-    import torch
-
-    from checkpoint import load_checkpoint, resolve_checkpoint
-    from config import config_from_dict
-    from models import build_generator
-
-    path = resolve_checkpoint(args.trained_model, args.weights_dir)
-    state = load_checkpoint(path)
-    if "generator" not in state or "config" not in state:
-        raise UserError(f"{path} has no generator or config: pass a checkpoint written by train.py")
+    """(config, generator, checkpoint path) for this run's flags (predictor.load_generator checks it can stream)."""
     overrides = {k: getattr(args, k) for k in ("device", "amp", "channels_last", "num_threads", "data_root",
                                                "cache_dir") if getattr(args, k)}
     overrides["eval_batch_size"] = args.batch_size  # 0 = automatic: the training machine's setting does not apply
-    cfg = config_from_dict(state["config"]).replace(**overrides)
-    if args.img_size and args.img_size != cfg.img_size:
-        raise UserError(f"--img_size={args.img_size} but {path} was trained on {cfg.img_size}x{cfg.img_size} frames: "
-                        f"detect.py resizes every frame to the checkpoint's size, drop --img_size")
-    from models import method_name
-    if method_name(cfg.model) != "prediction":
-        kind = "a reconstruction method" if method_name(cfg.model) == "skipganomaly" else "scored by more than PSNR"
-        raise UserError(f"{path} is a --model={cfg.model} checkpoint, {kind}: detect.py runs "
-                        f"frame-prediction models (ffp, stemgan); score its test frames with eval.py")
-    generator = build_generator(cfg)
-    n_channels = 3 * cfg.n_inputs
-    own, theirs = generator.state_dict(), state["generator"]
-    for key in own:
-        if key not in theirs or tuple(theirs[key].shape) != tuple(own[key].shape):
-            got = tuple(theirs[key].shape) if key in theirs else "missing"
-            hint = ""
-            if key in theirs and len(own[key].shape) == 4 and theirs[key].shape[1] != own[key].shape[1] \
-                    and own[key].shape[1] == n_channels:
-                hint = (f": it takes {theirs[key].shape[1]} input channels, but its config ({cfg.n_inputs} RGB "
-                        f"frames) gives {n_channels}: a checkpoint of another channel count")
-            raise UserError(f"{path}: generator layer {key} is {got}, expected {tuple(own[key].shape)} for "
-                            f"--model={cfg.model} width {cfg.base_channels}{hint}")
-    generator.load_state_dict(theirs)
-    generator.eval()
-    try:
-        with torch.inference_mode():
-            out = generator(torch.zeros(1, n_channels, cfg.img_size, cfg.img_size))
-    except RuntimeError as exc:
-        raise UserError(f"{path}: the generator does not run on {cfg.img_size}x{cfg.img_size} frames with "
-                        f"{n_channels} channels ({str(exc).splitlines()[0]})") from None
-    if tuple(out.shape) != (1, 3, cfg.img_size, cfg.img_size):
-        raise UserError(f"{path}: the generator turns {cfg.img_size}x{cfg.img_size} frames into {tuple(out.shape)}, "
-                        f"not one {cfg.img_size}x{cfg.img_size} RGB frame: a checkpoint of another size")
-    return cfg, generator, Path(path)
+    return load_stream_generator(args.trained_model, args.weights_dir, overrides, args.img_size)
 
 
 # --- streaming prediction -------------------------------------------------------------------------------------
-
-@dataclass
-class Prediction:
-    index: int
-    frame: np.ndarray  # the source frame, BGR uint8
-    psnr: Optional[float] = None  # None while warming up (fewer than clip_len-1 frames before it)
-    predicted: Optional[np.ndarray] = None  # RGB uint8 (S, S, 3)
-    amap: Optional[np.ndarray] = None  # anomaly map (S, S) float32
-
-
-def to_model_frame(frame_bgr: np.ndarray, size: int) -> np.ndarray:
-    """The same preprocessing as the frame cache of training (dataset.decode_frame): linear resize, RGB."""
-    import cv2
-
-    if frame_bgr.shape[:2] != (size, size):
-        frame_bgr = cv2.resize(frame_bgr, (size, size), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(frame_bgr[:, :, ::-1])
-
-
-class StreamPredictor:
-    """Predicts each frame from the clip_len-1 before it, ``batch_size`` targets per forward pass.
-
-    A target's clip holds only frames before it, and frames of a batch do not interact (BatchNorm runs in eval
-    mode), so a frame's PSNR never depends on a later frame.
-    """
-
-    def __init__(self, generator, cfg, device, amp_dtype, channels_last: bool, sigma: float, maps: bool = True):
-        self.generator, self.cfg, self.device = generator, cfg, device
-        self.amp_dtype, self.channels_last, self.sigma, self.maps = amp_dtype, channels_last, sigma, maps
-        self.batch_size = cfg.eval_batch_size or (32 if device.type == "cuda" else 4)
-
-    def run(self, frames: Iterable[np.ndarray]) -> Iterator[Prediction]:
-        n_inputs = self.cfg.n_inputs
-        history: deque = deque(maxlen=n_inputs)
-        pending: list = []
-        for index, frame in enumerate(frames):
-            small = to_model_frame(frame, self.cfg.img_size)
-            if len(history) < n_inputs:
-                yield Prediction(index, frame)
-            else:
-                pending.append((index, frame, np.stack([*history, small])))
-                if len(pending) == self.batch_size:
-                    yield from self._flush(pending)
-                    pending = []
-            history.append(small)
-        if pending:
-            yield from self._flush(pending)
-
-    def _flush(self, pending: list) -> list[Prediction]:
-        import torch
-
-        from dataset import to_model_range
-        from localization import anomaly_maps
-        from metrics import psnr
-        from runtime import autocast
-
-        with torch.inference_mode():
-            x = to_model_range(torch.from_numpy(np.stack([clip for _, _, clip in pending])).to(self.device))
-            inputs = x[:, :-1].flatten(1, 2)
-            if self.channels_last:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, self.amp_dtype):
-                prediction = self.generator(inputs)
-            prediction, target = prediction.float(), x[:, -1]
-            values = psnr(prediction, target).cpu().numpy()
-            if not self.maps:
-                return [Prediction(i, f, float(v)) for (i, f, _), v in zip(pending, values)]
-            maps = anomaly_maps(prediction, target, self.sigma).cpu().numpy()
-            images = ((prediction + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).movedim(1, -1).cpu().numpy()
-        return [Prediction(i, f, float(v), im, m) for (i, f, _), v, im, m in zip(pending, values, images, maps)]
-
 
 class FrameFeed:
     """The source's frames with a frame limit, read times, and (cameras) a clean stop on the first Ctrl-C."""
@@ -364,8 +259,6 @@ def merge_events(frames: np.ndarray, flagged: np.ndarray, scores: np.ndarray, ti
 
 def read_labels(path: str, video_name: str):
     """Intervals of this video from a tools/prepare_data.py interval file (checked now, applied after the run)."""
-    from preparation import read_interval_file
-
     intervals = read_interval_file(Path(path))
     names = {video_name}
     unknown = [v for v in intervals if v not in names and Path(v).stem not in names]
@@ -376,8 +269,6 @@ def read_labels(path: str, video_name: str):
 
 
 def labels_for(path: str, intervals, video_name: str, n_frames: int) -> np.ndarray:
-    from preparation import labels_from_intervals
-
     renamed = {video_name: [span for spans in intervals.values() for span in spans]}
     return labels_from_intervals(Path(path), renamed, [video_name], [n_frames])[0]
 

@@ -12,7 +12,7 @@ What is shared how (README 'Distributed training'):
 - data: the global batch (N*b clips, one slice of the global shuffled order) is cut into N slices, rank r takes
   slice r (engine.Trainer);
 - evaluation: the test videos are shared out over the ranks (:func:`shard`), every rank gets all per-frame PSNRs
-  back (:func:`predict_psnr_sharded`), so every rank takes the same decisions; only rank 0 writes and prints.
+  back (evaluation.predict_psnr_sharded), so every rank takes the same decisions; only rank 0 writes and prints.
 
 The process group has a timeout (``FFP_DIST_TIMEOUT`` seconds, default 1800): a rank that waits longer than that
 for a peer gives up with an error instead of hanging.  A dead peer is usually noticed at once (gloo: the
@@ -103,8 +103,8 @@ def timeout_seconds() -> float:
 def init(device) -> None:
     """Join torchrun's process group (NCCL for a CUDA device, gloo for the CPU); nothing without torchrun.
 
-    ``device`` is the resolved device (runtime.resolve_device gives cuda:LOCAL_RANK under torchrun) or a device
-    name.  On ranks other than 0 standard output goes to /dev/null (progress bars are rank 0's alone: the callers
+    ``device`` is the resolved device (runtime.resolve_device gives cuda:LOCAL_RANK under torchrun) or a plain
+    device name (cpu, cuda:N).  On ranks other than 0 standard output goes to /dev/null (progress bars are rank 0's alone: the callers
     pass progress=is_main()), so the console shows one run; errors still reach stderr from every rank.
     """
     global _group
@@ -115,9 +115,7 @@ def init(device) -> None:
     import torch
     import torch.distributed as dist
 
-    from runtime import resolve_device
-
-    device = resolve_device(device) if isinstance(device, str) else device
+    device = torch.device(device) if isinstance(device, str) else device
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_available():
         raise UserError("this torch build has no torch.distributed: install a build with distributed support")
@@ -267,30 +265,6 @@ def shard(counts: Sequence[int], n_ranks: int, which: int) -> list[int]:
         owner[v] = r
         loads[r] += counts[v]
     return [v for v in range(len(counts)) if owner[v] == which]
-
-
-def predict_psnr_sharded(generator, videos, cfg, device, amp_dtype=None, channels_last: bool = False,
-                         progress: bool = True, on_batch=None) -> list:
-    """:func:`evaluation.predict_psnr` over all ranks: each predicts its share of the videos (with rank 0's
-    weights, broadcast first) and every rank gets every video's PSNRs back, in video order.  The batches are the
-    single-process batches (they never cross a video), so the values are exactly the single-process values.
-    ``on_batch`` sees this rank's batches with the global video index.  Without a group: predict_psnr itself."""
-    from evaluation import predict_psnr
-
-    if not active():
-        return predict_psnr(generator, videos, cfg, device, amp_dtype, channels_last, progress, on_batch)
-    from dataset import VideoSet
-
-    broadcast_module(generator)
-    mine = shard(videos.counts, _group.world_size, _group.rank)
-    subset = VideoSet([videos.names[v] for v in mine], [videos.frames[v] for v in mine])
-    hook = None if on_batch is None else (lambda v, targets, p, t: on_batch(mine[v], targets, p, t))
-    local = predict_psnr(generator, subset, cfg, device, amp_dtype, channels_last, progress and is_main(), hook)
-    out: list = [None] * len(videos.names)
-    for part in all_gather_object(list(zip(mine, local))):
-        for v, values in part:
-            out[v] = values
-    return out
 
 
 def concat_across_ranks(*lists: list) -> tuple[list, ...]:

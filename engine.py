@@ -1,6 +1,6 @@
 """The training loop: alternating GAN updates, validation, checkpoints, exact resume.
 
-What one step does is the method's (methods.py: FFP's prediction, Skip-GANomaly's reconstruction); the loop,
+What one step does is the method's (methods/: FFP's prediction, Skip-GANomaly's reconstruction, MAMA); the loop,
 optimizers, schedules, EMA, checkpoints, resume, validation and logging here are shared.  FFP's step (Liu et al.,
 CVPR 2018, Sec. 3.4 and Algorithm 1): predict the next frame; update D on the real target and the *detached*
 prediction; then update G with D frozen (D's parameters have requires_grad off during G's backward,
@@ -36,24 +36,22 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 import distributed
-from checkpoint import load_checkpoint, save_checkpoint
-from config import Config
+from checkpoint import load_checkpoint, load_weights, resolve_checkpoint, save_checkpoint
+from config import Config, config_from_dict, fields_of, write_config
 from dataset import ClipSampler, TestSet, TrainClips, VideoSet, to_model_range
 from errors import UserError
-from evaluation import evaluate
+from evaluation import evaluate, predict_psnr_sharded
 from flownet import build_flownet, store_weights_in
-from methods import method_for
+from methods import TrainingContext, method_for
 from models import build_discriminator, build_generator, is_trainable
 from runtime import (InterruptLatch, autocast, configure_threads, resolve_amp, resolve_device, rng_state,
                      seed_everything, set_rng_state, signals_held, signals_ignored, use_channels_last, versions)
 from metrics import psnr
 
 # Fields that define the networks and the data they were trained on: a resumed run cannot change them.
-ARCHITECTURE_FIELDS = ("dataset", "model", "base_channels", "discriminator", "img_size", "clip_len", "flownet",
-                       "semantic", "stage", "ema", "val_holdout")
+ARCHITECTURE_FIELDS = fields_of("architecture")
 # What MAMA's Destroyer stage takes from its stage-1 checkpoint unless given again: the generator it trains against.
-STAGE_ONE_FIELDS = ("img_size", "clip_len", "base_channels", "flownet", "flownet_weights", "semantic",
-                    "triplet_margin", "discriminator")
+STAGE_ONE_FIELDS = fields_of("stage_one")
 
 
 def moving_average(generator: nn.Module, decay: float) -> AveragedModel:
@@ -141,9 +139,9 @@ class Trainer:
         # slice of each global batch it trains on and the share of the videos it validates.
         self.rank, self.world = ((distributed.rank(), distributed.world_size()) if distributed.active() else (0, 1))
         self.cfg, self.progress = cfg, progress and self.rank == 0
-        if cfg.val_holdout and self.method.name == "skipganomaly" and self.rank == 0:
-            print(f"note: --val_holdout picks the checkpoint that reconstructs held-out normal frames best, which "
-                  f"favours a --model={cfg.model} that copies its input; check the normal/anomalous PSNR gap")
+        note = self.method.selection_note(cfg)
+        if note and self.rank == 0:
+            print(note)
         configure_threads(cfg)
         seed_everything(cfg.manualseed)
         self.device = resolve_device(cfg.device)
@@ -152,7 +150,7 @@ class Trainer:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
 
         # self.generator / self.discriminator are the plain modules (state dicts, evaluation, EMA); the train step
-        # calls them through DDP when there are several processes (self._g_step / self._d_step, set below).
+        # calls them through DDP when there are several processes (the context's run_generator / run_discriminator).
         self.generator = build_generator(cfg)
         if not is_trainable(self.generator):
             raise UserError(f"--model={cfg.model} has no parameters to train: evaluate it with eval.py")
@@ -185,7 +183,6 @@ class Trainer:
         self.sampler = ClipSampler(len(self.train_clips), self.global_batch, cfg.manualseed)
         self.test_set: Optional[TestSet] = distributed.in_turn(lambda: TestSet.load(cfg)) if cfg.val_interval else None
         self.gt_flow: dict[int, torch.Tensor] = {}
-        self.method_cache: dict[str, Any] = {}  # what a method computes once per training frame (MAMA's inputs)
 
         self.step, self.best_auc, self.best_step = 0, -math.inf, -1
         self.best_val_psnr, self.best_val_step = -math.inf, -1
@@ -195,8 +192,14 @@ class Trainer:
         elif cfg.pretrained:
             self._initialise_from(cfg.pretrained)
         # DDP broadcasts rank 0's weights when it wraps, then averages the gradients of every backward pass.
-        self._g_step = distributed.wrap(self.generator, self.device)
-        self._d_step = distributed.wrap(self.discriminator, self.device)
+        self.context = TrainingContext(
+            cfg=cfg, device=self.device, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
+            generator=self.generator, discriminator=self.discriminator, opt_g=self.opt_g, opt_d=self.opt_d,
+            scaler_g=self.scaler_g, scaler_d=self.scaler_d, flownet=self.flownet, train_clips=self.train_clips,
+            rank=self.rank, run_generator=distributed.wrap(self.generator, self.device),
+            run_discriminator=distributed.wrap(self.discriminator, self.device),
+            ground_truth_flow=self.ground_truth_flow)
+        self.method_cache = self.context.cache  # what a method computes once per training frame (MAMA's inputs)
         self.run_dir = Path(cfg.log_dir) / f"{cfg.dataset}_bs{self.global_batch}"
         self.writer = None
 
@@ -229,14 +232,11 @@ class Trainer:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        try:
-            self.generator.load_state_dict(state.get("generator_raw", state["generator"]))
-            self.discriminator.load_state_dict(state["discriminator"])
-            if self.ema is not None:
-                self.ema.load_state_dict(state["ema"])
-        except RuntimeError as exc:
-            raise UserError(f"the checkpoint's networks do not match this configuration: "
-                            f"{str(exc).splitlines()[0]}") from None
+        source, hint = f"--resume={self.cfg.resume}", "resume it with the configuration it was trained with"
+        load_weights(self.generator, state.get("generator_raw", state["generator"]), "generator", source, hint)
+        load_weights(self.discriminator, state["discriminator"], "discriminator", source, hint)
+        if self.ema is not None:
+            load_weights(self.ema, state.get("ema"), "moving-average (--ema)", source, hint)
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.sched_g.load_state_dict(state["sched_g"])
@@ -251,40 +251,24 @@ class Trainer:
 
     def _initialise_from(self, name: str) -> None:
         """Transfer learning: the networks of another run (any dataset), with fresh optimizers and step 0."""
-        from checkpoint import resolve_checkpoint
-
         path = resolve_checkpoint(name, self.cfg.weights_dir)
         state = load_checkpoint(path)
         source = state.get("config", {})
         if source.get("model") != self.cfg.model:
             raise UserError(f"--pretrained={name} holds a '{source.get('model')}' generator but --model="
                             f"{self.cfg.model}: pretrain with the same architecture")
-        generator = self.generator
-        if self.method.name == "destroyer":  # MAMA stage 2 starts from the stage-1 F2LM, with a fresh Destroyer
-            if source.get("stage", "generator") != "generator":
-                raise UserError(f"--pretrained={name} is already a stage-2 (Destroyer) checkpoint: start from the "
-                                f"stage-1 F2LM checkpoint (g_best_auc_<dataset>), or continue with --resume={name}")
-            generator = self.generator.generator
-        for label, network, key in (("generator", generator, "generator"),
-                                    ("discriminator", self.discriminator, "discriminator")):
-            own = network.state_dict()
-            theirs = state.get(key, {})
-            mismatched = [k for k in own if k not in theirs or tuple(theirs[k].shape) != tuple(own[k].shape)]
-            if mismatched:
-                shapes = ", ".join(f"{k} {tuple(own[k].shape)} vs "
-                                   f"{tuple(theirs[k].shape) if k in theirs else 'missing'}" for k in mismatched[:3])
-                raise UserError(f"--pretrained={name}: {len(mismatched)} {label} layers do not match this "
-                                f"configuration ({shapes}{', ...' if len(mismatched) > 3 else ''}): use the same "
-                                f"--model, --base_channels and --clip_len")
-            network.load_state_dict(theirs)
+        generator = self.method.pretrained_part(self.generator, source, name)  # MAMA stage 2: the F2LM inside
+        hint = "use the same --model, --base_channels and --clip_len"
+        load_weights(generator, state.get("generator"), "generator", f"--pretrained={name}", hint)
+        load_weights(self.discriminator, state.get("discriminator"), "discriminator", f"--pretrained={name}", hint)
         if self.ema is not None:
             self.ema = moving_average(self.generator, self.cfg.ema)
         print(f"initialised generator and discriminator from {path} (trained on {source.get('dataset')} for "
               f"{state.get('step')} steps); optimizers and step start fresh")
 
     def checkpoint_path(self, kind: str) -> Path:
-        kind = self.method.checkpoint_names.get(kind, kind)  # MAMA's Destroyer stage: a_latest, a_best_auc, ...
-        return Path(self.cfg.weights_dir) / f"{kind}_{self.cfg.dataset}.pth"
+        stem = self.method.checkpoint_stem(kind)  # MAMA's Destroyer stage: a_latest, a_best_auc, ...
+        return Path(self.cfg.weights_dir) / f"{stem}_{self.cfg.dataset}.pth"
 
     def save(self, kind: str) -> Path:
         """Rank 0 writes (atomically, Ctrl-C and SIGTERM held until the file is complete); other ranks do nothing."""
@@ -301,7 +285,8 @@ class Trainer:
         ids = self.sampler.next_batch()[self.rank * b:(self.rank + 1) * b]
         return ids, self.train_clips.batch(ids)
 
-    def _ground_truth_flow(self, clip_ids, last: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def ground_truth_flow(self, clip_ids, last: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The frozen flow network's flow of each clip's (last input, target) pair, computed once per clip."""
         missing = [i for i, c in enumerate(clip_ids) if int(c) not in self.gt_flow]
         if missing:
             with torch.no_grad(), autocast(self.device, self.amp_dtype):
@@ -314,11 +299,11 @@ class Trainer:
         """One alternating update on this rank's clips (the method's train_step); the losses returned are the means
         over the global batch."""
         x = to_model_range(clips_uint8.to(self.device, non_blocking=True))
-        out = self.method.train_step(self, clip_ids, x)
+        out = self.method.train_step(self.context, clip_ids, x)
         if self.ema is not None:
             self.ema.update_parameters(self.generator)  # the same on every rank: DDP keeps the weights identical
         self.sched_g.step()
-        if getattr(self.method, "trains_discriminator", True):
+        if self.method.trains_discriminator:
             self.sched_d.step()
         names = self.method.loss_names
         values = torch.stack([out[n].detach().float() for n in names]
@@ -329,8 +314,8 @@ class Trainer:
     # --- validation and logging -------------------------------------------------------------------------------
     def validate_holdout(self) -> None:
         """Mean PSNR on the held-out normal training videos; the best one is kept as g_best_val (no test labels)."""
-        values = distributed.predict_psnr_sharded(self.eval_generator, self.holdout, self.cfg, self.device,
-                                                  self.amp_dtype, self.channels_last, progress=False)
+        values = predict_psnr_sharded(self.eval_generator, self.holdout, self.cfg, self.device,
+                                      self.amp_dtype, self.channels_last, progress=False)
         mean_psnr = float(np.mean(np.concatenate(values)))
         if self.writer is not None:
             self.writer.add_scalar("val/holdout_psnr", mean_psnr, self.step)
@@ -381,7 +366,7 @@ class Trainer:
         inputs, target = self.method.split(x)
         with torch.no_grad():
             self.generator.eval()
-            prediction = self.generator(inputs).float()
+            prediction = self.method.predict(self.generator, inputs)[0].float()
             self.generator.train()
         self.writer.add_image("train/predicted_frame", ((prediction[0] + 1) / 2).clamp(0, 1).cpu(), self.step)
         self.writer.add_image("train/target_frame", ((target[0] + 1) / 2).cpu(), self.step)
@@ -389,9 +374,7 @@ class Trainer:
     def _open_writer(self) -> None:
         if not self.cfg.tensorboard or self.rank != 0:
             return
-        from tensorboardX import SummaryWriter
-
-        from config import write_config
+        from tensorboardX import SummaryWriter  # deferred: only runs that log load it
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_config(self.cfg, self.run_dir)
         self.writer = SummaryWriter(str(self.run_dir))
@@ -424,7 +407,7 @@ class Trainer:
                 bar.update(1)
                 if cfg.log_interval and self.step % cfg.log_interval == 0:
                     shown = {k: f"{v:.4f}" for k, v in step_losses.as_dict().items()
-                             if k in ("g_total", "d_loss", "a_loss")}
+                             if k in self.method.shown_losses}
                     bar.set_postfix(**shown, psnr=f"{step_losses.psnr:.2f}")
                     self._log(step_losses)
                 if cfg.val_interval and self.step % cfg.val_interval == 0:
@@ -468,9 +451,6 @@ def load_resume_state(cfg: Config, explicit: set[str]) -> tuple[Config, Optional
     """
     if not cfg.resume:
         return cfg, None
-    from checkpoint import resolve_checkpoint
-    from config import config_from_dict
-
     state = load_checkpoint(resolve_checkpoint(cfg.resume, cfg.weights_dir))
     for key in ("generator", "discriminator", "opt_g", "sampler", "rng"):
         if key not in state:
@@ -500,9 +480,6 @@ def stage_two_config(cfg: Config, explicit: set[str]) -> Config:
     if not cfg.pretrained:
         raise UserError("--stage=destroyer trains MAMA's Destroyer against a trained F2LM generator: add "
                         f"--pretrained=g_best_auc_{cfg.dataset} (the stage-1 checkpoint)")
-    from checkpoint import resolve_checkpoint
-    from config import config_from_dict
-
     state = load_checkpoint(resolve_checkpoint(cfg.pretrained, cfg.weights_dir))
     source = config_from_dict(state.get("config", {}))
     if source.model != "f2lm":

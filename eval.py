@@ -19,48 +19,44 @@ flags: the real false-alarm rate of the live detector against its target.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
-from config import Config, config_from_dict, parse_args
+from cli import parse_command_line
+from config import NON_NEGATIVE, Config, Flag, Range, config_from_dict, fields_of
 from errors import UserError, run_cli
 
-# Flags that may differ from the checkpoint's config at evaluation time (data location, hardware, outputs).
-EVAL_OVERRIDES = ("dataset", "data_root", "labels", "cache_dir", "device", "amp", "channels_last",
-                  "eval_batch_size", "num_threads", "results_dir", "weights_dir", "macro_single_class", "plots",
-                  "score_norm", "score_lambda", "score_weights")
+# Flags that may differ from the checkpoint's config at evaluation time (data location, hardware, outputs): the
+# fields of kind "eval_override" in config.py.
+EVAL_OVERRIDES = fields_of("eval_override")
 
-
-# eval.py's own flags (not Config fields): taken out of the argument list before the Config flags are parsed.
-EXTRA_FLAGS = {"pixel_masks": str, "pixel_sigma": float, "fpr": float, "quantize": str}
 QUANTIZE_CHOICES = ("off", "int8")
+# eval.py's own flags (not Config fields): parsed beside them, returned apart (config.parse_command_line).
+EXTRA_FLAGS = (
+    Flag("pixel_masks", str, "", "pixel masks for pixel-level AUC and EER: a folder of <video>.npy, or the official "
+         "UCSD Test folder with its Test0NN_gt folders; empty = <data_root>/<dataset>/testing/pixel_masks/ when "
+         "present", group="eval.py only"),
+    Flag("pixel_sigma", float, 2.0, "Gaussian smoothing of the pixel-level error map, in pixels of the model's "
+         "resolution (localization.DEFAULT_SIGMA)", group="eval.py only", range=NON_NEGATIVE),
+    Flag("fpr", float, 0.01, "target false-alarm rate of the causal detector (when the checkpoint has a "
+         "calibration)", group="eval.py only", range=Range(0, 1, low_open=True, high_open=True,
+                                                       note="a false-alarm rate such as 0.01")),
+    Flag("quantize", str, "off", "int8: evaluate an int8 copy of the generator on the CPU, calibrated on "
+         "training clips (changes the AUC)", group="eval.py only", choices=QUANTIZE_CHOICES),
+)
 CALIBRATION_CLIPS = 32
-
-
-def split_extra_flags(argv: Optional[Sequence[str]]) -> tuple[list[str], dict]:
-    """(remaining arguments, {name: value}) for the ``--name=value`` flags of EXTRA_FLAGS."""
-    rest, extra = [], {}
-    for arg in list(sys.argv[1:] if argv is None else argv):
-        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        if name in EXTRA_FLAGS:
-            if not eq:
-                raise UserError(f"--{name} needs a value: --{name}=<value>")
-            try:
-                extra[name] = EXTRA_FLAGS[name](value)
-            except ValueError:
-                raise UserError(f"--{name}={value} is not a {EXTRA_FLAGS[name].__name__}") from None
-        else:
-            rest.append(arg)
-    return rest, extra
 
 
 def load_model(cfg: Config, explicit: set[str]):
     """(config, generator, discriminator or None, run name, checkpoint description) for a checkpoint or a
-    parameter-free baseline; the discriminator is loaded when the method's score uses it (Skip-GANomaly)."""
-    from checkpoint import load_checkpoint, resolve_checkpoint
+    parameter-free baseline; the discriminator is loaded when the method's score uses it (Skip-GANomaly).
+
+    The checkpoint's config is used, with the evaluation-time flags given (data, hardware, outputs, score) taking
+    effect; an architecture flag given explicitly that contradicts the checkpoint is an error, never dropped."""
+    # Deferred, as every torch-side import of this file: torch loads only once the flags are known to be good.
+    from checkpoint import architecture_conflicts, load_checkpoint, load_networks, resolve_checkpoint
     from methods import method_for
-    from models import build_discriminator, build_generator, is_trainable
+    from models import build_generator, is_trainable
 
     if not cfg.trained_model and "model" in explicit:
         generator = build_generator(cfg)
@@ -70,21 +66,16 @@ def load_model(cfg: Config, explicit: set[str]):
     name = cfg.trained_model or f"g_best_auc_{cfg.dataset}"
     path = resolve_checkpoint(name, cfg.weights_dir)
     state = load_checkpoint(path)
+    if "generator" not in state or "config" not in state:
+        raise UserError(f"{path} has no generator or config: pass a checkpoint written by train.py")
     stored = config_from_dict(state["config"])
+    fixed = tuple(k for k in fields_of("architecture") if k not in EVAL_OVERRIDES)
+    conflicts = architecture_conflicts(stored, cfg, explicit, fixed)
+    if conflicts:
+        raise UserError(f"{path} was trained with other settings than {', '.join(conflicts)}: drop the flag (the "
+                        f"checkpoint's architecture is used) or pass another --trained_model")
     cfg = stored.replace(**{k: getattr(cfg, k) for k in explicit if k in EVAL_OVERRIDES})
-    generator = build_generator(cfg)
-    try:
-        generator.load_state_dict(state["generator"])
-    except (RuntimeError, KeyError) as exc:
-        raise UserError(f"{path}: generator weights do not match --model={cfg.model} ({exc})") from None
-    discriminator = None
-    if method_for(cfg).scores_with_discriminator:
-        discriminator = build_discriminator(cfg)
-        try:
-            discriminator.load_state_dict(state["discriminator"])
-        except (RuntimeError, KeyError) as exc:
-            raise UserError(f"{path}: --model={cfg.model} scores with its discriminator, and the checkpoint's does "
-                            f"not load ({str(exc).splitlines()[0]})") from None
+    cfg, generator, discriminator, _ = load_networks(path, method_for(cfg).scores_with_discriminator, cfg, state)
     step = state.get("step", "?")
     path = Path(path)
     run = path.stem if path.parent.name == "weights" else f"{path.parent.name}_{path.stem}"
@@ -141,11 +132,8 @@ def causal_rates(checkpoint_name: str, weights_dir: str, result, fpr: float) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv, extra = split_extra_flags(argv)
-    quantize = extra.get("quantize", "off")
-    if quantize not in QUANTIZE_CHOICES:
-        raise UserError(f"--quantize={quantize} is not valid: choose one of {', '.join(QUANTIZE_CHOICES)}")
-    cfg, explicit = parse_args(argv, "eval.py", __doc__)
+    cfg, explicit, extra = parse_command_line(argv, "eval.py", __doc__, EXTRA_FLAGS)
+    quantize = extra["quantize"]
     import torch  # loads only once the flags are known to be good
 
     from dataset import TestSet

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import distributed
 from config import Config
 from errors import UserError
 from dataset import TestSet, VideoSet, iter_test_batches, n_predicted_frames, to_model_range
@@ -35,9 +36,11 @@ BatchHook = Callable[[int, np.ndarray, torch.Tensor, torch.Tensor], None]
 @torch.inference_mode()
 def predict_psnr(generator: nn.Module, videos: VideoSet, cfg: Config, device: torch.device,
                  amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-                 progress: bool = True, on_batch: Optional[BatchHook] = None) -> list[np.ndarray]:
-    """PSNR of every predicted frame (targets clip_len-1 .. T-1), one array per video, batched over frames."""
-    from tqdm import tqdm
+                 progress: bool = True, on_batch: Optional[BatchHook] = None,
+                 errors: Optional["FrameErrorCollector"] = None) -> list[np.ndarray]:
+    """PSNR of every predicted frame (targets clip_len-1 .. T-1), one array per video, batched over frames.
+    ``errors`` keeps the method's other per-frame errors of the same predictions."""
+    from tqdm import tqdm  # deferred: a progress bar only when there is something to show
 
     was_training = generator.training
     generator.eval()
@@ -45,20 +48,47 @@ def predict_psnr(generator: nn.Module, videos: VideoSet, cfg: Config, device: to
     bar = tqdm(total=n_predicted_frames(videos, cfg.clip_len), desc="evaluating", unit="frame",
                disable=not progress, leave=False)
     batch_size = cfg.eval_batch_size or (32 if device.type == "cuda" else 4)
-    split = method_for(cfg).split
+    method = method_for(cfg)
     for v, targets, clips in iter_test_batches(videos, cfg.clip_len, batch_size):
         x = to_model_range(clips.to(device, non_blocking=True))
-        inputs, target = split(x)
+        inputs, target = method.split(x)
         if channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
-            prediction = generator(inputs)
+            prediction, terms = method.predict(generator, inputs)
         out[v][targets - (cfg.clip_len - 1)] = psnr(prediction.float(), target).cpu().numpy()
+        if errors is not None:
+            errors.add(v, targets, prediction.float(), target, terms)
         if on_batch is not None:
             on_batch(v, targets, prediction.float(), target)
         bar.update(len(targets))
     bar.close()
     generator.train(was_training)
+    return out
+
+
+def predict_psnr_sharded(generator: nn.Module, videos: VideoSet, cfg: Config, device: torch.device,
+                         amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+                         progress: bool = True, on_batch: Optional[BatchHook] = None,
+                         errors: Optional["FrameErrorCollector"] = None) -> list[np.ndarray]:
+    """:func:`predict_psnr` over all torchrun ranks: each predicts its share of the videos (with rank 0's weights,
+    broadcast first) and every rank gets every video's PSNRs back, in video order.  The batches are the
+    single-process batches (they never cross a video), so the values are exactly the single-process values.
+    ``on_batch`` and ``errors`` see this rank's batches with the global video index.  Without a group:
+    predict_psnr itself."""
+    if not distributed.active():
+        return predict_psnr(generator, videos, cfg, device, amp_dtype, channels_last, progress, on_batch, errors)
+    distributed.broadcast_module(generator)
+    mine = distributed.shard(videos.counts, distributed.world_size(), distributed.rank())
+    subset = VideoSet([videos.names[v] for v in mine], [videos.frames[v] for v in mine])
+    hook = None if on_batch is None else (lambda v, targets, p, t: on_batch(mine[v], targets, p, t))
+    local_errors = None if errors is None else errors.remapped(mine)
+    local = predict_psnr(generator, subset, cfg, device, amp_dtype, channels_last, progress and distributed.is_main(),
+                         hook, local_errors)
+    out: list = [None] * len(videos.names)
+    for part in distributed.all_gather_object(list(zip(mine, local))):
+        for v, values in part:
+            out[v] = values
     return out
 
 
@@ -87,25 +117,33 @@ class EvalResult:
 
 
 class FrameErrorCollector:
-    """The batch hook that keeps a method's per-frame errors (e.g. Skip-GANomaly's latent error, MAMA's triplet
-    hinges), per video.  It runs right after the generator's call on the batch, whose ``last_terms`` it may read."""
+    """Keeps a method's per-frame errors beyond PSNR (e.g. Skip-GANomaly's latent error, MAMA's triplet hinges),
+    per video, from each batch's prediction, target and the terms the method's ``predict`` returned."""
 
     def __init__(self, method, videos: VideoSet, cfg: Config, discriminator: Optional[nn.Module],
-                 device: torch.device, amp_dtype: Optional[torch.dtype], channels_last: bool,
-                 generator: Optional[nn.Module] = None):
-        self.method, self.discriminator, self.generator, self.cfg = method, discriminator, generator, cfg
+                 device: torch.device, amp_dtype: Optional[torch.dtype], channels_last: bool):
+        self.method, self.discriminator, self.cfg = method, discriminator, cfg
         self.device, self.amp_dtype, self.channels_last = device, amp_dtype, channels_last
         self.lengths = [max(0, n - cfg.clip_len + 1) for n in videos.counts]
         self.values: dict[str, list[np.ndarray]] = {}
         self.filled: set[int] = set()
+        self._video_index: Optional[Sequence[int]] = None
+
+    def remapped(self, videos: Sequence[int]) -> "FrameErrorCollector":
+        """This collector, fed with a subset's batches: subset video k is video ``videos[k]`` (torchrun shards)."""
+        self._video_index = list(videos)
+        return self
 
     @torch.inference_mode()
-    def add(self, v: int, targets: np.ndarray, prediction: torch.Tensor, target: torch.Tensor) -> None:
+    def add(self, v: int, targets: np.ndarray, prediction: torch.Tensor, target: torch.Tensor,
+            terms: dict[str, torch.Tensor]) -> None:
+        if self._video_index is not None:
+            v = self._video_index[v]
         if self.channels_last:
             prediction = prediction.contiguous(memory_format=torch.channels_last)
             target = target.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp_dtype):
-            errors = self.method.frame_errors(prediction, target, self.discriminator, self.generator)
+            errors = self.method.frame_errors(prediction, target, terms, self.discriminator)
         for name, value in errors.items():
             per_video = self.values.setdefault(name, [np.full(n, np.nan) for n in self.lengths])
             per_video[v][targets - (self.cfg.clip_len - 1)] = value.float().cpu().numpy()
@@ -113,7 +151,6 @@ class FrameErrorCollector:
 
     def gathered(self) -> dict[str, list[np.ndarray]]:
         """Every video's values on every rank under torchrun (each rank filled its own videos); itself otherwise."""
-        import distributed
         if not distributed.active():
             return self.values
         mine = {name: {v: arrays[v] for v in self.filled} for name, arrays in self.values.items()}
@@ -126,38 +163,26 @@ class FrameErrorCollector:
         return out
 
 
-def _chain(*hooks: Optional[BatchHook]) -> Optional[BatchHook]:
-    live = [h for h in hooks if h is not None]
-    if not live:
-        return None
-
-    def call(v, targets, prediction, target):
-        for hook in live:
-            hook(v, targets, prediction, target)
-    return call
-
-
 def evaluate(generator: nn.Module, test_set: TestSet, cfg: Config, device: torch.device,
              amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
              progress: bool = True, on_batch: Optional[BatchHook] = None,
              discriminator: Optional[nn.Module] = None) -> EvalResult:
     """Predict (or reconstruct) every scored test frame, score it by the generator's method and compute the
     frame-level metrics.  ``discriminator`` is needed by methods whose score uses it (Skip-GANomaly)."""
-    # Under torchrun every rank must call this: each predicts a share of the videos and all get every PSNR back
-    # (distributed.py); in a plain run it is predict_psnr itself.
-    from distributed import predict_psnr_sharded
+    # Under torchrun every rank must call this: each predicts a share of the videos and all get every PSNR back;
+    # in a plain run it is predict_psnr itself.
     method = method_for(cfg)
     collector = None
     if method.scores_with_discriminator and discriminator is None:
         raise UserError(f"--model={cfg.model} scores frames with its discriminator, and none was given")
     if method.needs_frame_errors:
         collector = FrameErrorCollector(method, test_set.videos, cfg, discriminator, device, amp_dtype,
-                                        channels_last, generator)
+                                        channels_last)
     values = predict_psnr_sharded(generator, test_set.videos, cfg, device, amp_dtype, channels_last, progress,
-                                  _chain(collector.add if collector else None, on_batch))
+                                  on_batch, collector)
     extras = collector.gathered() if collector else {}
     labels = [y[cfg.clip_len - 1:] for y in test_set.labels]
-    if method.name == "prediction" and cfg.score_norm == "video":
+    if method.scores_by_psnr and cfg.score_norm == "video":
         scores = [anomaly_scores(p) for p in values]  # the FFP protocol, bit for bit as metrics.frame_metrics
     else:
         scores = normalise_scores(method.anomaly_values(values, extras, cfg), cfg.score_norm)

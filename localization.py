@@ -31,12 +31,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Optional, Sequence
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from errors import UserError
+from frames import numbered_files
+from labels import (MASK_EXTENSIONS, PIXEL_MASKS, load_pixel_masks, read_npy_masks, read_ucsd_gt_mask_folder,
+                    ucsd_gt_folders)
 
 DEFAULT_SIGMA = 2.0  # Gaussian smoothing of the error map, in pixels of the model's resolution
 COVERAGE = 0.4  # the UCSD rule: a frame is detected when >= 40% of its truly anomalous pixels are flagged
@@ -178,12 +184,6 @@ def pixel_mask_source(data_root: str, dataset: str, names: Sequence[str], counts
     prepared layout ``<data_root>/<dataset>/testing/pixel_masks/`` when it exists (``tools/prepare_data.py``).
     Names and frame counts are checked before any prediction; masks are read one video at a time.
     """
-    import re
-    from pathlib import Path
-
-    from errors import UserError
-    from preparation import PIXEL_MASKS, load_pixel_masks, numbered_files, read_ucsd_gt_mask_folder
-
     def check_count(where, got: int, k: int) -> None:
         if got != counts[k]:
             raise UserError(f"pixel masks {where} have {got} frames but test video {names[k]} has {counts[k]}")
@@ -199,29 +199,20 @@ def pixel_mask_source(data_root: str, dataset: str, names: Sequence[str], counts
     if not path.is_dir():
         raise UserError(f"--pixel_masks={given} is not a folder: expected <video>.npy masks or the UCSD Test folder "
                         f"with Test0NN_gt mask folders")
-    gt_folders = sorted(p for p in path.iterdir() if p.is_dir() and re.fullmatch(r"Test\d+_gt", p.name))
+    gt_folders = ucsd_gt_folders(path)
     if gt_folders:
         if len(gt_folders) != len(names):
             raise UserError(f"{path} has {len(gt_folders)} Test0NN_gt mask folders but there are {len(names)} test "
                             f"videos: pass the masks of this dataset")
         for k, folder in enumerate(gt_folders):
-            check_count(folder, len(numbered_files(folder, (".bmp", ".png", ".tif", ".tiff"))), k)
+            check_count(folder, len(numbered_files(folder, MASK_EXTENSIONS)), k)
         return (lambda k: read_ucsd_gt_mask_folder(gt_folders[k])), f"{path} (official UCSD Test0NN_gt)"
     files = [path / f"{name}.npy" for name in names]
     missing = [f.name for f in files if not f.exists()]
     if missing:
         raise UserError(f"{path} has no Test0NN_gt folders and lacks {', '.join(missing[:3])}"
                         f"{', ...' if len(missing) > 3 else ''}: expected one <video>.npy mask per test video")
-
-    def load(k: int) -> np.ndarray:
-        try:
-            mask = np.load(files[k], mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise UserError(f"cannot read pixel mask {files[k]} ({exc})") from None
-        if mask.ndim != 3:
-            raise UserError(f"pixel mask {files[k]} has shape {mask.shape}, expected (frames, height, width)")
-        return mask
-
+    fix = "replace it with the video's masks saved by numpy.save as a (frames, height, width) 0/1 array"
     for k in range(len(names)):
-        check_count(files[k], load(k).shape[0], k)
-    return load, str(path)
+        check_count(files[k], read_npy_masks(files[k], fix).shape[0], k)
+    return (lambda k: read_npy_masks(files[k], fix)), str(path)

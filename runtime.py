@@ -13,14 +13,13 @@ import numpy as np
 import torch
 
 from config import Config
+from distributed import local_rank, local_world_size
 from errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:
     """The torch device of ``--device``.  Under torchrun (distributed.py) a CUDA device is cuda:LOCAL_RANK, one GPU
     per process; choose the GPUs with CUDA_VISIBLE_DEVICES rather than an index."""
-    from distributed import local_rank, local_world_size
-
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:

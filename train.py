@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from config import parse_args
+from cli import parse_args
 from errors import run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg, explicit = parse_args(argv, "train.py", __doc__)
-    import distributed  # torch loads only once the flags are known to be good
+    # Deferred: torch loads only once the flags are known to be good.
+    import distributed
     from engine import Trainer, load_resume_state, resume_note, stage_two_config
+    from runtime import resolve_device
 
     cfg, state = load_resume_state(cfg, explicit)
     cfg = stage_two_config(cfg, explicit)
@@ -23,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(note)
     # torchrun: join the process group (NCCL on CUDA, gloo on the CPU) and leave it however the run ends;
     # plain python: nothing.
-    with distributed.process_group(cfg.device):
+    with distributed.process_group(resolve_device(cfg.device)):
         trainer = Trainer(cfg, resume_from=state)
         if state is not None and distributed.is_main():
             shared = (f" ({trainer.world} processes x {cfg.batch_size} = global batch {trainer.global_batch})"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config import resolve  # noqa: E402
+from cli import resolve  # noqa: E402
 from errors import run_cli  # noqa: E402
 
 

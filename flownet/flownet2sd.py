@@ -15,7 +15,7 @@ from torch import nn
 
 from config import Config
 from errors import UserError
-from flownet import find_weights, register_flownet, resize_flow
+from flownet.core import find_weights, register_flownet, resize_flow
 
 DIV_FLOW = 20.0
 HOW_TO_GET = ("download FlowNet2-SD_checkpoint.pth.tar (linked from the README of NVIDIA/flownet2-pytorch), "

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from config import Config
-from flownet import register_flownet, resize_flow
+from flownet.core import register_flownet, resize_flow
 from flownet.spynet import backward_warp
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from config import Config
 from errors import UserError
-from flownet import find_weights, register_flownet, resize_flow
+from flownet.core import find_weights, register_flownet, resize_flow
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

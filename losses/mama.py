@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from losses.skipganomaly import per_sample_mse
+
 GRID = 8  # patches per side of the Destroyer's corruption grid (64 patches, 32 px at 256 px)
 BLACK = -1.0
 
@@ -148,7 +150,6 @@ def destroyer_loss(output: torch.Tensor, clean: torch.Tensor, noisy: torch.Tenso
 
 def per_frame_mse01(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """MSE on [0, 1] of each frame of two [-1, 1] batches, (B,): a quarter of the MSE on [-1, 1]."""
-    from losses.skipganomaly import per_sample_mse
     return per_sample_mse(a, b) / 4
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from config import Config
-from models import register_generator
+from models.registry import register_generator
 
 
 class CopyLastFrame(nn.Module):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from config import Config
-from models import register_discriminator
+from models.registry import register_discriminator
 
 
 class PixelDiscriminator(nn.Module):

@@ -30,7 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from config import Config
-from models import register_generator
+from flownet import build_flownet, resolve_flownet_name
+from models.registry import register_generator
+from models.semantic import build_semantic, resolve_semantic_name
+from losses.mama import triplet_per_frame
 from models.ffp import UNetGenerator, UpStage, double_conv
 
 FLOW_UNIT = 20.0  # pixels per FlowNet output unit
@@ -190,10 +193,13 @@ class F2LM(nn.Module):
             self.last_terms = self.triplet_terms(features)
         return (frame, features) if with_features else frame
 
+    def predict_with_terms(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(the predicted frame, each frame's triplet hinges): what the score needs from one call."""
+        frame, features = self(frames, with_features=True)
+        return frame, self.triplet_terms(features)
+
     def triplet_terms(self, features: dict[str, Optional[torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Each frame's motion and label triplet hinges (the score's terms), for the streams present."""
-        from losses.mama import triplet_per_frame
-
         terms = {}
         x4 = features["x4"].float()
         if features["f2m"] is not None:
@@ -234,20 +240,19 @@ class MAMA(nn.Module):
         self.last_terms = {**self.generator.last_terms, "restored": self.destroyer(prediction)}
         return prediction
 
+    def predict_with_terms(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(F2LM's prediction, its triplet hinges and the Destroyer's output of it as ``restored``)."""
+        prediction, terms = self.generator.predict_with_terms(frames)
+        return prediction, {**terms, "restored": self.destroyer(prediction)}
+
 
 def build_auxiliary(cfg: Config) -> AuxiliaryInputs:
-    from flownet import build_flownet
-    from models.semantic import build_semantic
-
     return AuxiliaryInputs(build_flownet(cfg), build_semantic(cfg), cfg.n_inputs)
 
 
 def resolve_inputs(cfg: Config) -> Config:
     """``auto`` flow and semantic settings resolved to what this machine has (the weight-free Lucas-Kanade
     estimator when neither FlowNet2-SD nor SPyNet weights are present)."""
-    from flownet import resolve_flownet_name
-    from models.semantic import resolve_semantic_name
-
     return cfg.replace(flownet=resolve_flownet_name(cfg, fallback="lucaskanade", purpose="F2LM's motion input"),
                        semantic=resolve_semantic_name(cfg))
 

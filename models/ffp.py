@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from config import Config
-from models import register_generator
+from models.registry import register_generator
 
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:

@@ -20,15 +20,16 @@ from torch import nn
 
 from config import Config
 from errors import UserError
+from flownet.core import freeze
+from registry import Registry
 
 N_CLASSES = 21  # Pascal VOC classes of the COCO_WITH_VOC_LABELS weights
 Builder = Callable[[Config], Optional[nn.Module]]
-SEMANTICS: dict[str, Builder] = {}
+SEMANTICS: Registry[Builder] = Registry("--semantic")
 
 
 def register_semantic(name: str) -> Callable[[Builder], Builder]:
-    from models import _register  # the generator/discriminator registries' decorator (refuses a name twice)
-    return _register(SEMANTICS, name)
+    return SEMANTICS.register(name)
 
 
 def deeplab_weights_path() -> Path:
@@ -96,9 +97,7 @@ def resolve_semantic_name(cfg: Config) -> str:
 
 def build_semantic(cfg: Config) -> Optional[nn.Module]:
     """The frozen segmentation network named by ``cfg.semantic`` (resolve ``auto`` first)."""
-    from flownet import freeze
-
     if cfg.semantic not in SEMANTICS:
         raise UserError(f"unknown --semantic '{cfg.semantic}': valid names are {', '.join(sorted(SEMANTICS))}, auto")
-    network = SEMANTICS[cfg.semantic](cfg)
+    network = SEMANTICS.get(cfg.semantic)(cfg)
     return None if network is None else freeze(network)

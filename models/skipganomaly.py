@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from config import Config
-from models import register_discriminator, register_generator
+from models.registry import register_discriminator, register_generator
 
 LATENT_SIZE = 100  # nz of the authors' code
 

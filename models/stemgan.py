@@ -28,7 +28,7 @@ from einops import rearrange, reduce
 from torch import nn
 
 from config import Config
-from models import register_generator
+from models.registry import register_generator
 
 
 def temporal_shift(x: torch.Tensor, n_frames: int, fold_div: int = 8) -> torch.Tensor:

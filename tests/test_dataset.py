@@ -10,10 +10,11 @@ import torch
 
 from config import preset
 from conftest import shared_path
-from dataset import (ClipSampler, TestSet, TrainClips, VideoSet, cached_frames, iter_test_batches, labels_from_ano_pred_mat,
-                     labels_from_concatenated_npy, labels_from_mask_folder, labels_from_ucsd_gt_masks,
-                     labels_from_ucsd_m, list_videos, load_labels, n_predicted_frames, to_model_range)
+from dataset import (ClipSampler, TestSet, TrainClips, VideoSet, cached_frames, iter_test_batches, list_videos,
+                     n_predicted_frames, to_model_range)
 from errors import UserError
+from labels import (labels_from_ano_pred_mat, labels_from_concatenated_npy, labels_from_mask_folder,
+                    labels_from_ucsd_gt_masks, labels_from_ucsd_m, load_labels)
 
 
 def write_video(folder: Path, n: int, size=(24, 16), seed=0) -> np.ndarray:

@@ -9,7 +9,8 @@ from torch import nn
 
 import losses.mama as mama
 import models.semantic as semantic
-from config import parse_args, preset
+from cli import parse_args
+from config import preset
 from engine import Trainer, load_resume_state, stage_two_config
 from errors import UserError
 from methods import method_for
@@ -31,8 +32,9 @@ class StubSegmenter(nn.Module):
 
 
 @pytest.fixture
-def with_stub_segmenter(monkeypatch):
-    monkeypatch.setitem(semantic.SEMANTICS, "deeplabv3", lambda cfg: StubSegmenter())
+def with_stub_segmenter():
+    with semantic.SEMANTICS.replaced("deeplabv3", lambda cfg: StubSegmenter()):
+        yield
 
 
 @pytest.fixture
@@ -247,7 +249,7 @@ def test_stage_two_refuses_what_it_cannot_start_from(mama_cfg, small_cfg):
 
 
 def test_model_preset_follows_the_authors_per_dataset():
-    from config import resolve
+    from cli import resolve
     for dataset, lr in (("ped2", 1e-4), ("avenue", 2e-4)):
         cfg = resolve({"dataset": dataset, "model": "f2lm"})
         assert (cfg.lam_int, cfg.lam_grad, cfg.lam_adv, cfg.lr_g, cfg.weight_decay) == (1.0, 1.0, 0.05, lr, lr)

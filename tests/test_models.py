@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from config import preset, resolve
+from cli import resolve
+from config import preset
 from errors import UserError
 from flownet import FLOWNETS, build_flownet
 from flownet.flownet2sd import FlowNet2SD

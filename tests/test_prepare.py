@@ -1,4 +1,4 @@
-"""tools/prepare_data.py and preparation.py: small synthetic copies of each official download, prepared and checked
+"""tools/prepare_data.py and preparation/: small synthetic copies of each official download, prepared and checked
 frame for frame and label for label; interruption and resume; bad inputs; the real UCSD and Avenue labels when
 ../shared is present."""
 from __future__ import annotations
@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import scipy.io
 
-import preparation
 from config import preset
 from conftest import ROOT, shared_path
-from dataset import TestSet, labels_from_ano_pred_mat, list_videos
+from dataset import TestSet, list_videos
 from errors import UserError, run_cli
-from preparation import (Options, load_pixel_masks, prepare, read_interval_file, read_ucsd_gt_mask_folder,
-                         write_ano_pred_mat)
+from labels import (frame_labels_from_masks, labels_from_ano_pred_mat, load_pixel_masks, read_interval_file,
+                    read_ucsd_gt_mask_folder, write_ano_pred_mat)
+from preparation import Options, pipeline, prepare
 
 W, H = 24, 16
 
@@ -360,7 +360,7 @@ def test_interval_file_errors_name_the_line(tmp_path):
 def test_interrupted_run_resumes_without_redoing_finished_videos(tmp_path, monkeypatch):
     truth = make_ucsd(tmp_path / "src")
     root = tmp_path / "data"
-    real_write = preparation._write_image
+    real_write = pipeline._write_image
     calls = []
 
     def crash_at_call_10(path, image, options):
@@ -369,7 +369,7 @@ def test_interrupted_run_resumes_without_redoing_finished_videos(tmp_path, monke
             raise KeyboardInterrupt
         real_write(path, image, options)
 
-    monkeypatch.setattr(preparation, "_write_image", crash_at_call_10)
+    monkeypatch.setattr(pipeline, "_write_image", crash_at_call_10)
     with pytest.raises(KeyboardInterrupt):
         prepare("ped2", [tmp_path / "src"], opts(root, workers=1))
     train = root / "ped2" / "training" / "frames"
@@ -378,7 +378,7 @@ def test_interrupted_run_resumes_without_redoing_finished_videos(tmp_path, monke
     (train / ".partial-03").mkdir()
     (train / ".partial-03" / "000.png").write_bytes(b"half")
     calls.clear()
-    monkeypatch.setattr(preparation, "_write_image", lambda p, i, o: (calls.append(p), real_write(p, i, o)))
+    monkeypatch.setattr(pipeline, "_write_image", lambda p, i, o: (calls.append(p), real_write(p, i, o)))
     summary = prepare("ped2", [tmp_path / "src"], opts(root, workers=2))
     assert len(calls) == sum(UCSD_TEST) and summary.written == 3  # only the test videos were written
     assert sorted(p.name for p in train.iterdir()) == ["01", "02"]
@@ -441,7 +441,7 @@ def test_bad_inputs_are_one_clear_error(tmp_path):
 
 def test_not_enough_disk_space_stops_before_writing(tmp_path, monkeypatch):
     make_ucsd(tmp_path / "src")
-    monkeypatch.setattr(preparation, "free_bytes", lambda path: 1000)
+    monkeypatch.setattr(pipeline, "free_bytes", lambda path: 1000)
     with pytest.raises(UserError, match=r"preparing needs about .* but only 1\.0 KB is free"):
         prepare("ped2", [tmp_path / "src"], opts(tmp_path / "data"))
     assert not (tmp_path / "data" / "ped2" / "training").exists()
@@ -468,6 +468,125 @@ def test_cli_prepares_a_custom_folder(tmp_path):
     assert "note: " not in run.stdout  # both test videos have labelled intervals
 
 
+# --- corrupt .npy files: one line naming the file and what to do -----------------------------------------------------
+
+def write_corrupt_npy(path: Path, kind: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "object":  # a pickled object array: never unpickled
+        np.save(path, np.array([np.zeros(2), np.zeros(3)], dtype=object), allow_pickle=True)
+    elif kind == "garbage":
+        path.write_bytes(b"not an array at all \x00\x01\x02")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:  # truncated: a crash or a full disk while it was written
+        np.save(path, np.ones((6, H, W), np.uint8))
+        path.write_bytes(path.read_bytes()[:200])
+
+
+def assert_one_line_naming(info, path: Path, fix: str) -> None:
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and fix in message, message
+    assert "allow_pickle" not in message  # numpy's advice to load it unsafely is not passed on
+
+
+@pytest.mark.parametrize("kind", ["object", "garbage", "empty", "truncated"])
+def test_a_corrupt_npy_mask_is_one_user_error_naming_the_file(tmp_path, kind):
+    from labels import load_labels
+    from localization import pixel_mask_source
+
+    frame_masks = tmp_path / "test_frame_mask"  # ShanghaiTech frame labels
+    frame_masks.mkdir()
+    np.save(frame_masks / "01.npy", np.zeros(6, np.uint8))
+    write_corrupt_npy(frame_masks / "02.npy", kind)
+    with pytest.raises(UserError, match=r"cannot read frame mask .*02\.npy as \.npy") as info:
+        load_labels(frame_masks, ["01", "02"], [6, 6])
+    assert_one_line_naming(info, frame_masks / "02.npy", "prepare the dataset again")
+
+    prepared = tmp_path / "data" / "ped2" / "testing" / "pixel_masks" / "01.npy"  # the prepared layout
+    write_corrupt_npy(prepared, kind)
+    for mmap in (True, False):
+        with pytest.raises(UserError, match=r"cannot read pixel mask .*01\.npy as \.npy") as info:
+            load_pixel_masks(tmp_path / "data", "ped2", ["01"], [6], mmap=mmap)
+        assert_one_line_naming(info, prepared, "prepare the dataset again")
+
+    given = tmp_path / "masks" / "01.npy"  # eval.py --pixel_masks=<folder>
+    write_corrupt_npy(given, kind)
+    with pytest.raises(UserError, match=r"cannot read pixel mask .*01\.npy as \.npy") as info:
+        pixel_mask_source("", "ped2", ["01"], [6], str(given.parent))
+    assert_one_line_naming(info, given, "replace it")
+
+    make_shanghai(tmp_path / "src")  # ShanghaiTech's own test_pixel_mask, read while planning
+    source = tmp_path / "src" / "testing" / "test_pixel_mask" / "01_0014.npy"
+    write_corrupt_npy(source, kind)
+    with pytest.raises(UserError, match=r"cannot read pixel mask .*01_0014\.npy as \.npy") as info:
+        prepare("shanghai", [tmp_path / "src"], opts(tmp_path / "out"))
+    assert_one_line_naming(info, source, "re-download")
+
+
+def test_a_pickled_label_file_is_never_loaded(tmp_path):
+    from labels import labels_from_concatenated_npy
+
+    path = tmp_path / "frame_labels_ped2.npy"
+    write_corrupt_npy(path, "object")
+    with pytest.raises(UserError, match=r"frame_labels_ped2\.npy as \.npy \(it holds pickled Python objects"):
+        labels_from_concatenated_npy(path, [1, 1])
+
+
+# --- the source is only ever read (issue #20) -----------------------------------------------------------------------
+
+def cli_error(monkeypatch, capsys, argv: list[str]) -> str:
+    """The one line tools/prepare_data.py prints for ``argv`` (exit 2, no traceback)."""
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    from prepare_data import main
+    capsys.readouterr()  # what ran before
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(argv + ["--no_progress"]))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
+def test_a_data_root_inside_a_source_is_refused(tmp_path, monkeypatch, capsys):
+    make_ucsd(tmp_path / "src")
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "src").rglob("*"))
+    for data_root in (tmp_path / "src" / "prepared", tmp_path / "src", tmp_path / "src" / "UCSD_Anomaly_Dataset.v1p2"):
+        err = cli_error(monkeypatch, capsys, ["ped2", "--src", str(tmp_path / "src"), "--data_root", str(data_root)])
+        assert f"--data_root {data_root} is inside --src {tmp_path / 'src'}" in err
+        assert "choose a --data_root outside the source" in err
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "src").rglob("*")) == before  # nothing written
+    # the other way round, as before: a source inside the output
+    err = cli_error(monkeypatch, capsys, ["ped2", "--src", str(tmp_path / "data" / "ped2" / "x"),
+                                          "--data_root", str(tmp_path / "data")])
+    assert "is inside the output" in err
+
+
+def test_a_source_already_in_the_prepared_layout_needs_no_preparation(tmp_path, monkeypatch, capsys):
+    make_ucsd(tmp_path / "src")
+    prepare("ped2", [tmp_path / "src"], opts(tmp_path / "data"))
+    for src in (tmp_path / "data" / "ped2", tmp_path / "data"):  # the <dataset> folder, and the folder above it
+        for dataset in ("ped2", "custom"):
+            err = cli_error(monkeypatch, capsys, [dataset, "--src", str(src), "--data_root", str(tmp_path / "out")])
+            assert f"--src {src} is already in the prepared layout ({tmp_path / 'data' / 'ped2'}/" in err
+            assert f"such a tree needs no preparation: point --data_root at {tmp_path / 'data'}" in err
+    # the public ped2.tar.gz layout (no manifest), as a folder and as the archive itself
+    public = tmp_path / "public" / "ped2" / "training" / "frames" / "01"
+    public.mkdir(parents=True)
+    cv2.imwrite(str(public / "000.jpg"), np.zeros((H, W, 3), np.uint8))
+    err = cli_error(monkeypatch, capsys, ["ped2", "--src", str(tmp_path / "public"),
+                                          "--data_root", str(tmp_path / "out")])
+    assert "needs no preparation: point --data_root at " + str(tmp_path / "public") in err
+    archive = tmp_path / "ped2.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "public" / "ped2", arcname="ped2")
+    err = cli_error(monkeypatch, capsys, ["ped2", "--src", str(archive), "--data_root", str(tmp_path / "out")])
+    assert "holds a tree already in the prepared layout (ped2/training/frames/" in err
+    assert "needs no preparation: extract it and point --data_root at the folder holding ped2/" in err
+    assert not (tmp_path / "out").exists()  # nothing extracted
+    # ShanghaiTech's official testing/frames/<video>/ alone is not the prepared layout
+    make_shanghai(tmp_path / "shanghaitech")
+    assert prepare("shanghai", [tmp_path / "shanghaitech"], opts(tmp_path / "out")).splits["testing"] == (2, 11)
+
+
 # --- the real official label files (../shared) ------------------------------------------------------------------------
 
 def test_real_ucsd_m_and_gt_masks_give_ped2_mat(tmp_path):
@@ -480,7 +599,7 @@ def test_real_ucsd_m_and_gt_masks_give_ped2_mat(tmp_path):
     written = np.concatenate(labels_from_ano_pred_mat(root / "ped2" / "ped2.mat", counts))
     assert len(reference) == 2010 and np.array_equal(written, reference)
     names = [f"{v:02d}" for v in range(1, 13)]
-    from_masks = [preparation.frame_labels_from_masks(m) for m in load_pixel_masks(root, "ped2", names, counts)]
+    from_masks = [frame_labels_from_masks(m) for m in load_pixel_masks(root, "ped2", names, counts)]
     assert np.array_equal(np.concatenate(from_masks), reference)
     assert "UCSDped2.m and the Test0NN_gt pixel masks agree on all 2,010 frames of 12 videos" in summary.notes
     assert "testing: 12 videos, 2,010 frames, 1,648 anomalous  -- matches published" in "\n".join(summary.lines())

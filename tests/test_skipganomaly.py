@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import losses.skipganomaly as sg
-from config import parse_args
+from cli import parse_args
 from engine import Trainer, load_resume_state
 from errors import UserError
 from methods import SkipGANomalyMethod, method_for

@@ -8,7 +8,9 @@
 
 Writes <data_root>/<dataset>/{training,testing}/frames/<video>/000.jpg ..., the labels (<dataset>/<dataset>.mat, or
 ShanghaiTech's testing/test_frame_mask/) and the pixel masks (testing/pixel_masks/<video>.npy).  Safe to interrupt
-and run again: finished videos are kept, the rest is redone.  See README 'Data' and preparation.py.
+and run again: finished videos are kept, the rest is redone.  The source is only ever read: a --data_root inside a
+--src is refused, and so is a --src already in this layout (it needs no preparation: point --data_root at the folder
+above it).  See README 'Data' and preparation/.
 """
 from __future__ import annotations
 
@@ -20,13 +22,16 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config import _OneLineParser  # noqa: E402  (one-line errors for bad flags, as train.py / eval.py)
+import cv2  # noqa: E402
+
+from config import OneLineParser  # noqa: E402  (one-line errors for bad flags, as train.py / eval.py)
 from errors import UserError, run_cli  # noqa: E402
+from preparation import Options, prepare  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="prepare_data.py", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser = OneLineParser(prog="prepare_data.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("dataset", help="ped1, ped2, avenue, shanghai (or shanghaitech), custom")
     parser.add_argument("--src", action="append", required=True, metavar="PATH",
                         help="what you downloaded: a folder or a .tar/.tar.gz/.zip (repeat for several, e.g. "
@@ -56,10 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--jpeg_quality must be between 1 and 100, got {args.jpeg_quality}")
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
-    import cv2
-
-    from preparation import Options, prepare
-
     cv2.setNumThreads(1)  # parallelism is across videos; OpenCV's own threads would only compete
     opts = Options(data_root=Path(args.data_root), image_format=args.image_format, jpeg_quality=args.jpeg_quality,
                    link=args.link, workers=args.workers, labels=Path(args.labels) if args.labels else None,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config import parse_args  # noqa: E402
+from cli import parse_args  # noqa: E402
 from errors import run_cli  # noqa: E402
 
 

@@ -1,20 +1,10 @@
-"""Prepare the official benchmark downloads (and a user's own videos) into the prepared-frames layout, offline.
+"""The machinery of the preparation: the plan (what to write), its jobs, writing them, and the whole run.
 
-``tools/prepare_data.py`` is the command line; this module holds the reusable pieces.  Nothing here downloads:
-the user brings the files (a folder, or a .tar/.tar.gz/.tgz/.zip archive, which is extracted to a hidden staging
-folder under the data root and removed afterwards; the source itself is never modified).
-
-What is read (../shared/DATASETS.md section 5 has the official layouts)::
-
-    ped1, ped2  UCSD_Anomaly_Dataset.v1p2/UCSDpedN/Train/Train0NN/NNN.tif, Test/Test0NN/NNN.tif (1-based),
-                Test/UCSDpedN.m (frame intervals), Test/Test0NN_gt/NNN.bmp or frameNNN.bmp (pixel masks;
-                all 12 Ped2 videos, 10 of Ped1's 36)
-    avenue      Avenue Dataset/{training,testing}_videos/NN.avi and ground_truth_demo/testing_label_mask/
-                <n>_label.mat (``volLabel``, a 1 x T cell of 360x640 masks; a separate download)
-    shanghai    training/videos/NN_NNN.avi, testing/frames/NN_NNNN/NNN.jpg, testing/test_frame_mask/*.npy,
-                testing/test_pixel_mask/*.npy
-    custom      <src>/{training,train}/ and <src>/{testing,test}/: video files OpenCV reads (or folders of frames),
-                optional labels.csv / labels.txt (see :func:`read_interval_file`)
+What is read is up to each dataset's planner (``ucsd.py``, ``avenue.py``, ``shanghai.py``, ``custom.py`` beside
+this module), found by name in :data:`PLANNERS`; this module knows no dataset.  Nothing here downloads: the user
+brings the files (a folder, or a .tar/.tar.gz/.tgz/.zip archive, which is extracted to a hidden staging folder under
+the data root and removed afterwards; the source itself is never modified).  The label and mask formats are read and
+written by ``labels.py``.
 
 What is written (what dataset.py reads)::
 
@@ -25,21 +15,20 @@ What is written (what dataset.py reads)::
 
 Choices.  Frames are JPEG at quality 95 by default (``png`` on request): the layout of the public ``ped2.tar.gz``
 that the FFP/MNAD ports use (3-channel JPEG, R=G=B for the grey UCSD sets, 0-based ``000.jpg``; Avenue ``0000.jpg``).
-Video names: UCSD ``Train001``/``Test001`` become ``01``, Avenue ``01.avi`` ``01``, ShanghaiTech and custom keep
-their names.  ShanghaiTech's test JPEGs are hard-linked (or copied) unchanged, not re-encoded.  Labels: UCSD frame
-labels come from the ``.m`` file and, when both exist, are compared with the ``_gt`` masks (any non-zero pixel);
-Avenue frame labels come from the ``volLabel`` masks (3,712 anomalous frames) unless an ano_pred ``avenue.mat``
-(3,867, the convention of published FFP/MNAD numbers) is given with ``labels=``.
+Frames already in the output format (ShanghaiTech's test JPEGs) are hard-linked (or copied) unchanged, not
+re-encoded.  When a dataset has several label sources (UCSD's ``.m`` file and its masks), the first is written and
+the others are compared with it; ``labels=`` (``--labels``) replaces them all.
 
 Robustness.  Every video is written into ``.partial-<video>`` beside its final folder and renamed into place when
 complete, with a ``.prepared.json`` manifest (source size, frame count, format) inside, so a crash never leaves a
 half video that looks complete; a rerun skips finished videos, redoes unfinished or changed ones, and checks every
 frame count (against the masks, the file listing or the container's header) so a short or unreadable video is named,
-never silently truncated.  Bad inputs are :class:`errors.UserError` with one line naming the file.
+never silently truncated.  The source is only ever read: an output inside a source, a source inside the output and
+a source already in the prepared layout are refused (:func:`check_sources`).  Bad inputs are
+:class:`errors.UserError` with one line naming the file.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -57,83 +46,45 @@ from typing import Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
-from dataset import (FRAME_EXTENSIONS, _natural_key, labels_from_ucsd_m, list_videos, load_labels)
+from config import DATASET_ALIASES, canonical_dataset
 from errors import UserError
+from frames import FRAME_EXTENSIONS, is_frame, is_visible, natural_key
 from ioutil import atomic_path
+from labels import (PIXEL_MASKS, frame_labels_from_masks, load_labels, load_npy, load_pixel_masks, make_readable,
+                    pixel_mask_path, read_label_file, write_ano_pred_mat, write_frame_mask_folder)
+from registry import Registry
 
-DATASETS = ("ped1", "ped2", "avenue", "shanghai", "custom")
-ALIASES = {"shanghaitech": "shanghai"}
 SPLITS = ("training", "testing")
-PIXEL_MASKS = "pixel_masks"  # <data_root>/<dataset>/testing/pixel_masks/<video>.npy, uint8 (T, H, W) in {0, 1}
 MANIFEST = ".prepared.json"
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
 NOT_VIDEOS = (".txt", ".csv", ".md", ".json", ".npy", ".mat", ".m", ".py", ".pdf", ".html", ".xml", ".ini")
-FRAME_DIGITS = {"avenue": 4}  # zero padding of frame names (ano_pred's avenue uses 0000.jpg); default 3
-_IGNORED = (".DS_Store", "Thumbs.db", "desktop.ini")
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once: atomic writes go through mkstemp (0600); prepared files get the usual 0644
 
-# Published sizes (DATASETS.md section 2): (videos, frames) per split and anomalous test frames per label source.
-PUBLISHED: dict[str, dict] = {
-    "ped2": {"training": (16, 2550), "testing": (12, 2010), "anomalous": {"": 1648}},
-    "ped1": {"training": (34, 6800), "testing": (36, 7200), "anomalous": {"": 4045}},
-    "avenue": {"training": (16, 15328), "testing": (21, 15324),
-               "anomalous": {"masks": 3712, "": 3867}},  # volLabel masks; ano_pred avenue.mat / MNAD npy
-    "shanghai": {"training": (330, 274515), "testing": (107, 40791), "anomalous": {"": 17326}},
-}
+# One planner per dataset, ``planner(dataset, roots, opts) -> Plan``, registered by its module with optional info:
+#   published        {split: (videos, frames), "anomalous": {convention: frames}}: the summary compares with it
+#   frame_digits     zero padding of frame names (default 3; Avenue 4, ano_pred's 0000.jpg)
+#   archive_members  name -> bool: the members of an archive source to extract (default all)
+#   user_labels      the planner reads --labels itself, and test videos with no anomalous frame are listed
+PLANNERS: Registry[Callable[..., "Plan"]] = Registry("dataset")
 
 
 # --- small file helpers ---------------------------------------------------------------------------------------
 
-def _visible(path: Path) -> bool:
-    """False for macOS ``._*`` resource forks, ``.DS_Store`` and other hidden or system files."""
-    return not path.name.startswith(".") and path.name not in _IGNORED
-
-
-def _frame_number(path: Path) -> int | None:
-    """The number in ``001.bmp`` / ``frame001.bmp`` / ``001.tif`` (UCSD's two naming styles), else None."""
-    match = re.fullmatch(r"(?:frame)?_?(\d+)", path.stem, flags=re.IGNORECASE)
-    return int(match.group(1)) if match else None
-
-
-def numbered_files(folder: Path, extensions: Sequence[str]) -> list[Path]:
-    """The files ``1..T`` (or ``0..T-1``) of ``folder`` in numeric order; a gap or a foreign name is a UserError."""
-    if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder: expected numbered frame files ({', '.join(extensions)})")
-    files = [p for p in folder.iterdir() if p.is_file() and _visible(p) and p.suffix.lower() in extensions]
-    if not files:
-        raise UserError(f"{folder} has no {'/'.join(extensions)} files: expected numbered frames such as "
-                        f"001{extensions[0]}")
-    numbered = []
-    for path in files:
-        number = _frame_number(path)
-        if number is None:
-            raise UserError(f"{path}: unexpected file name, expected a frame number such as 001{path.suffix} or "
-                            f"frame001{path.suffix}")
-        numbered.append((number, path))
-    numbered.sort()
-    numbers = [n for n, _ in numbered]
-    first = numbers[0]
-    if first not in (0, 1) or numbers != list(range(first, first + len(numbers))):
-        missing = sorted(set(range(first, numbers[-1] + 1)) - set(numbers))[:5]
-        detail = f"missing {missing}" if missing else f"duplicate numbers or a start at {first}"
-        raise UserError(f"{folder}: frame numbers are not contiguous from 0 or 1 ({detail}): the folder is "
-                        f"incomplete or holds files from two videos")
-    return [p for _, p in numbered]
-
-
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     """A user's frame folder: every image in natural name order (any names)."""
-    files = sorted((p for p in folder.iterdir() if p.is_file() and _visible(p)
-                    and p.suffix.lower() in FRAME_EXTENSIONS), key=_natural_key)
+    files = sorted((p for p in folder.iterdir() if p.is_file() and is_visible(p)
+                    and p.suffix.lower() in FRAME_EXTENSIONS), key=natural_key)
     if not files:
         raise UserError(f"{folder} has no frames ({', '.join(FRAME_EXTENSIONS)}): expected one image per frame")
     return files
 
 
-def _subdirs(folder: Path, pattern: str) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir() and _visible(p) and re.fullmatch(pattern, p.name)),
-                  key=_natural_key) if folder.is_dir() else []
+def subdirs(folder: Path, pattern: str) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_dir() and is_visible(p) and re.fullmatch(pattern, p.name)),
+                  key=natural_key) if folder.is_dir() else []
+
+
+def visible_files(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_file() and is_visible(p)] if folder.is_dir() else []
 
 
 def free_bytes(path: Path) -> int:
@@ -150,218 +101,6 @@ def _human(n_bytes: float) -> str:
             return f"{n_bytes:.1f} {unit}" if unit != "B" else f"{int(n_bytes)} B"
         n_bytes /= 1000
     return ""
-
-
-# --- pixel masks: readers and the prepared layout --------------------------------------------------------------
-
-def read_ucsd_gt_mask_folder(folder: Path) -> np.ndarray:
-    """Official UCSD pixel masks ``Test0NN_gt/*.bmp`` as bool (T, H, W), in frame order.
-
-    Handles the release's naming quirk (``Test006_gt``, ``Test009_gt`` and ``Test012_gt`` of Ped2 name their masks
-    ``frame001.bmp`` ..., the others ``001.bmp`` ...) and skips ``._*`` / ``.DS_Store`` files.  The masks are 8-bit
-    {0, 255}; a pixel is anomalous when non-zero.
-    """
-    folder = Path(folder)
-    masks = []
-    for path in numbered_files(folder, (".bmp", ".png", ".tif", ".tiff")):
-        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            raise UserError(f"cannot read mask {path}: the file is empty or not an image")
-        if masks and mask.shape != masks[0].shape:
-            raise UserError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but the folder's first mask is "
-                            f"{masks[0].shape[1]}x{masks[0].shape[0]}")
-        masks.append(mask > 0)
-    return np.stack(masks)
-
-
-def read_avenue_label_mat(path: Path) -> list[np.ndarray]:
-    """Official Avenue ``<n>_label.mat``: the ``volLabel`` 1 x T cell of (H, W) masks, as a list of T arrays."""
-    import scipy.io
-
-    try:
-        mat = scipy.io.loadmat(str(path))
-    except Exception as exc:  # scipy raises several types for a corrupt file
-        raise UserError(f"cannot read {path} as MATLAB .mat ({exc}): expected the official Avenue "
-                        f"testing_label_mask file") from None
-    if "volLabel" not in mat:
-        keys = ", ".join(k for k in mat if not k.startswith("__")) or "nothing"
-        raise UserError(f"{path} has no variable 'volLabel' (found: {keys}): expected the official Avenue "
-                        f"ground_truth_demo/testing_label_mask/<n>_label.mat")
-    frames = [np.asarray(m) for m in np.asarray(mat["volLabel"], dtype=object).reshape(-1)]
-    if not frames or any(f.ndim != 2 for f in frames):
-        raise UserError(f"{path}: 'volLabel' is not a cell of 2-D masks: expected the official Avenue format")
-    return frames
-
-
-def avenue_mask_length(path: Path) -> int:
-    """Frames in an Avenue ``volLabel`` file, read from the .mat header only (no decompression)."""
-    import scipy.io
-
-    try:
-        variables = {name: shape for name, shape, _ in scipy.io.whosmat(str(path))}
-    except Exception as exc:
-        raise UserError(f"cannot read {path} as MATLAB .mat ({exc}): expected the official Avenue "
-                        f"testing_label_mask file") from None
-    if "volLabel" not in variables:
-        raise UserError(f"{path} has no variable 'volLabel' (found: {', '.join(variables) or 'nothing'}): "
-                        f"expected the official Avenue ground_truth_demo/testing_label_mask/<n>_label.mat")
-    return int(np.prod(variables["volLabel"]))
-
-
-def read_npy_masks(path: Path) -> np.ndarray:
-    """ShanghaiTech ``test_pixel_mask/<video>.npy``: (T, H, W), memory-mapped."""
-    try:
-        masks = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise UserError(f"cannot read pixel mask {path} as .npy ({exc})") from None
-    if masks.ndim != 3:
-        raise UserError(f"pixel mask {path} has shape {masks.shape}, expected (frames, height, width)")
-    return masks
-
-
-def pixel_mask_path(data_root: Path, dataset: str, video: str) -> Path:
-    return Path(data_root) / dataset / "testing" / PIXEL_MASKS / f"{video}.npy"
-
-
-def load_pixel_masks(data_root: Path, dataset: str, names: Sequence[str],
-                     counts: Sequence[int] | None = None, mmap: bool = True) -> list[np.ndarray]:
-    """The prepared pixel masks of the test videos ``names``: uint8 (T, H, W) arrays with values {0, 1}.
-
-    Reads ``<data_root>/<dataset>/testing/pixel_masks/<video>.npy`` (written by ``tools/prepare_data.py``).  With
-    ``mmap`` (default) the arrays are read-only memory maps: Avenue's masks are 3.5 GB in memory, ShanghaiTech's
-    16 GB.  ``counts`` (frames per video), when given, is checked against each mask's length.  A missing or
-    malformed file is a UserError naming it.
-    """
-    if counts is not None and len(counts) != len(names):
-        raise ValueError("names and counts differ in length")
-    folder = Path(data_root) / dataset / "testing" / PIXEL_MASKS
-    if not folder.is_dir():
-        raise UserError(f"no pixel masks for {dataset} at {folder}: prepare them with "
-                        f"'python tools/prepare_data.py {dataset} --src <download> --data_root {data_root}' "
-                        f"(pixel masks exist for ped1, ped2, avenue and shanghai)")
-    masks = []
-    for k, name in enumerate(names):
-        path = pixel_mask_path(data_root, dataset, name)
-        if not path.exists():
-            raise UserError(f"no pixel mask {path} for test video {name}: the prepared masks do not match the "
-                            f"test videos (Ped1 has pixel masks for only 10 of its 36 test videos)")
-        try:
-            mask = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise UserError(f"cannot read pixel mask {path} ({exc}): prepare the dataset again") from None
-        if mask.ndim != 3 or mask.dtype != np.uint8:
-            raise UserError(f"pixel mask {path} is {mask.dtype} {mask.shape}, expected uint8 (frames, height, "
-                            f"width): prepare the dataset again")
-        if counts is not None and mask.shape[0] != counts[k]:
-            raise UserError(f"pixel mask {path} has {mask.shape[0]} frames but test video {name} has {counts[k]}")
-        masks.append(mask)
-    return masks
-
-
-def frame_labels_from_masks(masks: np.ndarray) -> np.ndarray:
-    """0/1 per frame: 1 when the frame's mask has any non-zero pixel (read in chunks, fine on memory maps)."""
-    out = np.zeros(len(masks), dtype=np.int64)
-    for lo in range(0, len(masks), 64):
-        chunk = np.asarray(masks[lo:lo + 64])
-        out[lo:lo + len(chunk)] = chunk.reshape(len(chunk), -1).any(axis=1)
-    return out
-
-
-# --- labels: intervals, user files, ano_pred output ------------------------------------------------------------
-
-def intervals_of(labels: np.ndarray) -> np.ndarray:
-    """0/1 frame labels -> (2, m) 1-based inclusive [start; end] intervals of the anomalous runs (ano_pred)."""
-    padded = np.concatenate([[0], np.asarray(labels, dtype=np.int8) != 0, [0]]).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    return np.stack([edges[0::2] + 1, edges[1::2]]).astype(np.int32).reshape(2, -1)
-
-
-def _readable(path: Path) -> None:
-    os.chmod(path, 0o666 & ~_UMASK)
-
-
-def write_ano_pred_mat(path: Path, labels: Sequence[np.ndarray]) -> None:
-    """The ano_pred ``gt`` format (dataset.labels_from_ano_pred_mat): a 1 x n cell of (2, m) intervals."""
-    import scipy.io
-
-    cells = np.empty((1, len(labels)), dtype=object)
-    for k, video in enumerate(labels):
-        cells[0, k] = intervals_of(video)
-    with atomic_path(path, suffix=".mat") as tmp:
-        with open(tmp, "wb") as handle:  # a file object: savemat would append .mat to a path
-            scipy.io.savemat(handle, {"gt": cells})
-        _readable(tmp)
-
-
-def write_frame_mask_folder(folder: Path, names: Sequence[str], labels: Sequence[np.ndarray]) -> None:
-    """ShanghaiTech ``test_frame_mask/<video>.npy``: one 1-D uint8 0/1 array per test video."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, video in zip(names, labels):
-        with atomic_path(folder / f"{name}.npy", suffix=".npy") as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, np.asarray(video, dtype=np.uint8))
-            _readable(tmp)
-
-
-def read_interval_file(path: Path) -> dict[str, list[tuple[int, int]]]:
-    """A user's anomalous intervals: one ``video, first frame, last frame`` per line.
-
-    Frame numbers are 0-based (the first frame is 0, prepared as ``000.jpg``) and both ends are included.  Fields
-    are separated by commas or white space; ``#`` starts a comment; blank lines and a header line are skipped; a
-    video may have several lines.  The video is the file (or folder) name, with or without its extension.
-    """
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        raise UserError(f"cannot read label file {path} ({exc})") from None
-    intervals: dict[str, list[tuple[int, int]]] = {}
-    first_content = True
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        fields = [f.strip() for f in (next(csv.reader([line])) if "," in line else line.split())]
-        try:
-            video, start, end = fields[0], int(fields[1]), int(fields[2])
-            if len(fields) != 3:
-                raise ValueError
-        except (ValueError, IndexError):
-            if first_content:  # a header such as "video,start,end"
-                first_content = False
-                continue
-            raise UserError(f"{path}:{lineno}: expected 'video, first frame, last frame' (0-based frame numbers), "
-                            f"got {raw.strip()!r}") from None
-        first_content = False
-        if not 0 <= start <= end:
-            raise UserError(f"{path}:{lineno}: interval {start}..{end} is not valid: expected 0 <= first <= last")
-        intervals.setdefault(video, []).append((start, end))
-    return intervals
-
-
-def labels_from_intervals(path: Path, intervals: dict[str, list[tuple[int, int]]], names: Sequence[str],
-                          counts: Sequence[int]) -> list[np.ndarray]:
-    """Per-video 0/1 labels from :func:`read_interval_file`; test videos not listed are all normal."""
-    index = {name: k for k, name in enumerate(names)}
-    labels = [np.zeros(n, dtype=np.int64) for n in counts]
-    for video, spans in intervals.items():
-        k = index.get(video, index.get(Path(video).stem))
-        if k is None:
-            raise UserError(f"{path}: '{video}' is not a test video (test videos: {', '.join(names)})")
-        for start, end in spans:
-            if end >= counts[k]:
-                raise UserError(f"{path}: interval {start}..{end} of '{video}' goes past its last frame "
-                                f"{counts[k] - 1} (frame numbers are 0-based)")
-            labels[k][start:end + 1] = 1
-    return labels
-
-
-def read_label_file(path: Path, names: Sequence[str], counts: Sequence[int]) -> list[np.ndarray]:
-    """Any label file a user may give: interval text/CSV, or what dataset.load_labels reads (.mat, .npy, .m)."""
-    if not path.exists():
-        raise UserError(f"label file {path} does not exist")
-    if path.suffix.lower() in (".csv", ".txt"):
-        return labels_from_intervals(path, read_interval_file(path), names, counts)
-    return load_labels(path, names, counts)
 
 
 # --- the plan: what to prepare ---------------------------------------------------------------------------------
@@ -396,7 +135,7 @@ class LabelSource:
     """Frame labels from one source: ``load(names, counts)`` -> {video: 0/1 labels} (possibly partial)."""
     description: str
     load: Callable[[Sequence[str], Sequence[int]], dict[str, np.ndarray]]
-    convention: str = ""  # key into PUBLISHED[...]["anomalous"]
+    convention: str = ""  # key into the planner's published["anomalous"]
 
 
 @dataclass
@@ -423,22 +162,17 @@ class Options:
     progress: bool = True
 
 
-def _visible_files(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.is_file() and _visible(p)] if folder.is_dir() else []
-
-
 def find_dir(roots: Sequence[Path], accept: Callable[[Path], bool], what: str, depth: int = 4,
-             required: bool = True, exclude: Path | None = None) -> Path | None:
-    """The first folder (breadth first, ``depth`` levels, hidden folders skipped) under ``roots`` that ``accept``s;
-    ``exclude`` (the output data root, when it lies inside a source) is never searched."""
-    skip = Path(exclude).resolve() if exclude is not None else None
+             required: bool = True) -> Path | None:
+    """The first folder (breadth first, ``depth`` levels, hidden folders skipped) under ``roots`` that ``accept``s
+    (the output is never inside a source: :func:`check_sources`)."""
     level = [Path(r) for r in roots]
     for _ in range(depth + 1):
         for folder in level:
             if folder.is_dir() and accept(folder):
                 return folder
-        level = [c for f in level if f.is_dir() for c in sorted(f.iterdir(), key=_natural_key)
-                 if c.is_dir() and _visible(c) and c.resolve() != skip]
+        level = [c for f in level if f.is_dir() for c in sorted(f.iterdir(), key=natural_key)
+                 if c.is_dir() and is_visible(c)]
     if required:
         raise UserError(f"no {what} under {', '.join(str(r) for r in roots)}: is --src the official download?")
     return None
@@ -457,24 +191,24 @@ def open_video(path: Path) -> tuple[int, tuple[int, int]]:
         capture.release()
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def image_size(path: Path) -> tuple[int, int]:
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise UserError(f"cannot read frame {path}: the file is empty or not an image")
     return image.shape[:2]
 
 
-def _video_job(split: str, name: str, path: Path, expected: int | None = None) -> VideoJob:
+def video_job(split: str, name: str, path: Path, expected: int | None = None) -> VideoJob:
     header, size = open_video(path)
     return VideoJob(split, name, path, expected=expected, header=header, frame_size=size)
 
 
-def _frames_job(split: str, name: str, folder: Path, frames: Sequence[Path], link: bool = False) -> VideoJob:
+def frames_job(split: str, name: str, folder: Path, frames: Sequence[Path], link: bool = False) -> VideoJob:
     return VideoJob(split, name, folder, frames=tuple(frames), expected=len(frames),
-                    frame_size=_image_size(frames[0]), link=link)
+                    frame_size=image_size(frames[0]), link=link)
 
 
-def _check_unique(jobs: Sequence[VideoJob]) -> None:
+def check_unique(jobs: Sequence[VideoJob]) -> None:
     seen: dict[tuple[str, str], Path] = {}
     for job in jobs:
         other = seen.setdefault((job.split, job.name), job.source)
@@ -483,57 +217,8 @@ def _check_unique(jobs: Sequence[VideoJob]) -> None:
                             f"rename one of them")
 
 
-# --- UCSD ------------------------------------------------------------------------------------------------------
-
-def plan_ucsd(dataset: str, roots: Sequence[Path], opts: Options) -> Plan:
-    """UCSD Ped1/Ped2: tif frame folders, the ``.m`` interval file and the ``Test0NN_gt`` masks."""
-    folder_name = f"ucsd{dataset}"
-    base = find_dir(roots, lambda d: d.name.lower() == folder_name and ((d / "Train").is_dir() or
-                                                                         (d / "Test").is_dir()),
-                    f"UCSD{dataset} folder with Train/ and Test/ (UCSD_Anomaly_Dataset.v1p2/UCSD{dataset})",
-                    exclude=opts.data_root)
-    plan = Plan(dataset)
-    test_dir = base / "Test"
-    for split, sub, prefix in (("training", "Train", "Train"), ("testing", "Test", "Test")):
-        folders = _subdirs(base / sub, rf"{prefix}\d+")
-        if not folders and not opts.labels_only:
-            raise UserError(f"{base / sub} has no {prefix}0NN frame folders: expected the official "
-                            f"UCSD{dataset}/{sub}/{prefix}001/001.tif ...")
-        for folder in folders:
-            name = f"{int(folder.name[len(prefix):]):02d}"
-            frames = numbered_files(folder, (".tif", ".tiff"))
-            plan.videos.append(_frames_job(split, name, folder, frames))
-            if split == "testing":
-                plan.test_counts[name] = len(frames)
-    sizes = {j.name: j.frame_size for j in plan.videos if j.split == "testing"}
-    have_frames = bool(plan.test_counts)
-    for folder in _subdirs(test_dir, r"Test\d+_gt"):
-        name = f"{int(folder.name[4:-3]):02d}"
-        files = numbered_files(folder, (".bmp", ".png", ".tif", ".tiff"))
-        if have_frames and name not in plan.test_counts:
-            raise UserError(f"{folder} has no test video beside it: expected {test_dir / folder.name[:-3]}")
-        if name in plan.test_counts and plan.test_counts[name] != len(files):
-            raise UserError(f"{folder} has {len(files)} masks but {folder.name[:-3]} has {plan.test_counts[name]} "
-                            f"frames: one of the two folders is incomplete")
-        plan.test_counts.setdefault(name, len(files))
-        plan.masks.append(MaskJob(name, folder, len(files), lambda f=folder: read_ucsd_gt_mask_folder(f),
-                                  sizes.get(name), _image_size(files[0])))
-    m_files = [test_dir / f"UCSD{dataset}.m"] + sorted(test_dir.glob("*.m")) if test_dir.is_dir() else []
-    m_file = next((p for p in m_files if p.is_file() and _visible(p)), None)
-    if m_file is not None:
-        plan.label_sources.append(LabelSource(m_file.name, lambda names, counts, p=m_file: dict(
-            zip(names, labels_from_ucsd_m(p, counts)))))
-    if plan.masks:
-        plan.label_sources.append(_prepared_mask_labels(opts, dataset, "the Test0NN_gt pixel masks",
-                                                        [m.name for m in plan.masks]))
-    if not plan.label_sources and opts.labels is None:
-        raise UserError(f"no labels in {test_dir}: expected UCSD{dataset}.m or the Test0NN_gt mask folders (both "
-                        f"are in the official UCSD_Anomaly_Dataset.v1p2), or give a label file with --labels")
-    return plan
-
-
-def _prepared_mask_labels(opts: Options, dataset: str, description: str, covered: Sequence[str],
-                          convention: str = "") -> LabelSource:
+def prepared_mask_labels(opts: Options, dataset: str, description: str, covered: Sequence[str],
+                         convention: str = "") -> LabelSource:
     """Frame labels read back from the prepared pixel masks (any non-zero pixel), for the videos ``covered``."""
     def load(names: Sequence[str], counts: Sequence[int]) -> dict[str, np.ndarray]:
         wanted = [(n, c) for n, c in zip(names, counts) if n in set(covered)]
@@ -542,150 +227,23 @@ def _prepared_mask_labels(opts: Options, dataset: str, description: str, covered
     return LabelSource(description, load, convention)
 
 
-# --- Avenue ----------------------------------------------------------------------------------------------------
-
-def _avenue_number(path: Path) -> int | None:
-    match = re.fullmatch(r"(\d+)_label", path.stem)
-    return int(match.group(1)) if match else None
-
-
-def plan_avenue(roots: Sequence[Path], opts: Options) -> Plan:
-    """CUHK Avenue: .avi videos, ``volLabel`` masks (a separate download, ground_truth_demo)."""
-    plan = Plan("avenue")
-    base = find_dir(roots, lambda d: (d / "training_videos").is_dir() or (d / "testing_videos").is_dir(),
-                    "'Avenue Dataset' folder with training_videos/ and testing_videos/",
-                    required=not opts.labels_only, exclude=opts.data_root)
-    mask_dir = find_dir(roots, lambda d: d.name == "testing_label_mask",
-                        "ground_truth_demo/testing_label_mask folder", required=False, exclude=opts.data_root)
-    masks: dict[str, Path] = {}
-    for path in sorted(_visible_files(mask_dir) if mask_dir else [], key=_natural_key):
-        number = _avenue_number(path)
-        if path.suffix.lower() != ".mat" or number is None:
-            continue
-        masks[f"{number:02d}"] = path
-    lengths = {name: avenue_mask_length(path) for name, path in masks.items()}
-    for split in SPLITS if base is not None else ():
-        folder = base / f"{split}_videos"
-        videos = sorted((p for p in _visible_files(folder) if p.suffix.lower() == ".avi"), key=_natural_key)
-        if not videos and not opts.labels_only:
-            raise UserError(f"{folder} has no .avi videos: expected the official 'Avenue Dataset/{split}_videos/"
-                            f"01.avi' ...")
-        for path in videos:
-            name = f"{int(path.stem):02d}" if path.stem.isdigit() else path.stem
-            if split == "testing" and masks and name not in masks:
-                raise UserError(f"no mask file {mask_dir / f'{int(name)}_label.mat'} for test video {path}: "
-                                f"the testing_label_mask folder is incomplete")
-            plan.videos.append(_video_job(split, name, path, lengths.get(name) if split == "testing" else None))
-    tests = {j.name: j for j in plan.videos if j.split == "testing"}
-    if tests and set(masks) - set(tests):
-        extra = sorted(set(masks) - set(tests))
-        raise UserError(f"{masks[extra[0]]} has no test video {extra[0]}.avi in {base / 'testing_videos'}")
-    plan.test_counts = {name: lengths.get(name, job.header) for name, job in tests.items()} or dict(lengths)
-    for name, path in masks.items():
-        size = tests[name].frame_size if name in tests else None
-        plan.masks.append(MaskJob(name, path, lengths[name], lambda p=path: read_avenue_label_mat(p), size,
-                                  (360, 640)))
-    if masks:
-        plan.label_sources.append(_prepared_mask_labels(opts, "avenue", "the volLabel pixel masks", list(masks),
-                                                        convention="masks"))
-    elif opts.labels is None:
-        raise UserError("no Avenue labels: expected ground_truth_demo/testing_label_mask/<n>_label.mat (the separate "
-                        "'ground_truth_demo' download; add it with a second --src), or an ano_pred avenue.mat "
-                        "with --labels")
-    if opts.labels is None and masks:
-        plan.notes.append("Avenue frame labels come from the volLabel pixel masks (3,712 anomalous frames in the "
-                          "full set); published FFP/MNAD numbers use the ano_pred avenue.mat (3,867): pass it with "
-                          "--labels to use that convention")
-    return plan
-
-
-# --- ShanghaiTech ----------------------------------------------------------------------------------------------
-
-def plan_shanghai(roots: Sequence[Path], opts: Options) -> Plan:
-    """ShanghaiTech Campus: training .avi videos, test JPEG folders, per-video frame and pixel masks."""
-    plan = Plan("shanghai", label_format="frame_mask")
-    base = find_dir(roots, lambda d: (d / "training" / "videos").is_dir() or (d / "testing" / "frames").is_dir(),
-                    "ShanghaiTech folder with training/videos/ and testing/frames/", exclude=opts.data_root)
-    videos = sorted((p for p in _visible_files(base / "training" / "videos")
-                     if p.suffix.lower() not in NOT_VIDEOS), key=_natural_key)
-    if not videos and not opts.labels_only:
-        raise UserError(f"{base / 'training' / 'videos'} has no videos: expected the official "
-                        f"training/videos/01_001.avi ...")
-    plan.videos += [_video_job("training", p.stem, p) for p in videos]
-    folders = _subdirs(base / "testing" / "frames", r".+")
-    if not folders:
-        raise UserError(f"{base / 'testing' / 'frames'} has no video folders: expected the official "
-                        f"testing/frames/01_0014/000.jpg ...")
-    link = opts.image_format == "jpg"
-    for folder in folders:
-        frames = numbered_files(folder, (".jpg", ".jpeg", ".png"))
-        same_format = all(p.suffix.lower() in (".jpg", ".jpeg") for p in frames)
-        plan.videos.append(_frames_job("testing", folder.name, folder, frames, link=link and same_format))
-        plan.test_counts[folder.name] = len(frames)
-    tests = {j.name: j for j in plan.videos if j.split == "testing"}
-    frame_masks = base / "testing" / "test_frame_mask"
-    if frame_masks.is_dir():
-        plan.label_sources.append(LabelSource("testing/test_frame_mask", lambda names, counts: dict(
-            zip(names, load_labels(frame_masks, names, counts)))))
-    elif opts.labels is None:
-        raise UserError(f"no frame labels at {frame_masks}: expected the official testing/test_frame_mask/"
-                        f"<video>.npy, or give a label file with --labels")
-    for path in sorted(_visible_files(base / "testing" / "test_pixel_mask"), key=_natural_key):
-        if path.suffix.lower() != ".npy":
-            continue
-        if path.stem not in tests:
-            raise UserError(f"pixel mask {path} has no test video {path.stem} in {base / 'testing' / 'frames'}")
-        masks = read_npy_masks(path)
-        plan.masks.append(MaskJob(path.stem, path, masks.shape[0], lambda p=path: read_npy_masks(p),
-                                  tests[path.stem].frame_size, masks.shape[1:], masks.dtype == np.uint8))
-    return plan
-
-
-# --- custom ----------------------------------------------------------------------------------------------------
-
-def plan_custom(roots: Sequence[Path], opts: Options) -> Plan:
-    """A user's own footage: ``training``/``train`` and ``testing``/``test`` folders of videos (or frame folders)."""
-    plan = Plan("custom")
-    if len(roots) != 1 or not roots[0].is_dir():
-        raise UserError("custom needs one --src folder holding training/ (normal videos) and testing/ (videos to "
-                        "score), see README 'Data'")
-    root = roots[0]
-    found = False
-    for split, names in (("training", ("training", "train")), ("testing", ("testing", "test"))):
-        folder = next((root / n for n in names if (root / n).is_dir()), None)
-        if folder is None:
-            continue
-        found = True
-        for entry in sorted((p for p in folder.iterdir() if _visible(p)), key=_natural_key):
-            if entry.is_dir():
-                plan.videos.append(_frames_job(split, entry.name, entry, _image_files(entry)))
-            elif entry.suffix.lower() not in NOT_VIDEOS:
-                plan.videos.append(_video_job(split, entry.stem, entry))
-    if not found:
-        raise UserError(f"{root} has neither training/ nor testing/: put normal videos in {root / 'training'} and "
-                        f"the videos to score in {root / 'testing'}")
-    _check_unique(plan.videos)
-    plan.test_counts = {j.name: j.expected or j.header for j in plan.videos if j.split == "testing"}
-    label_file = opts.labels or next((root / n for n in ("labels.csv", "labels.txt") if (root / n).is_file()), None)
-    if label_file is not None:
-        plan.label_sources.append(LabelSource(label_file.name, lambda names, counts: dict(
-            zip(names, read_label_file(label_file, names, counts)))))
-    elif plan.test_counts:
-        plan.notes.append(f"no labels.csv in {root}: frames are prepared but eval.py needs labels (README 'Data')")
-    return plan
+def dataset_name(dataset: str) -> str:
+    """The planner's name of ``dataset``, aliases resolved as everywhere else (``config.canonical_dataset``)."""
+    try:
+        name = canonical_dataset(dataset)
+    except UserError:  # not a dataset at all: said below, with the names that can be prepared
+        name = dataset.lower()
+    if name not in PLANNERS:
+        aliases = [alias for alias, target in sorted(DATASET_ALIASES.items()) if target in PLANNERS]
+        raise UserError(f"unknown dataset '{dataset}': valid names are {', '.join(PLANNERS.names() + aliases)}")
+    return name
 
 
 def make_plan(dataset: str, roots: Sequence[Path], opts: Options) -> Plan:
-    if dataset in ("ped1", "ped2"):
-        plan = plan_ucsd(dataset, roots, opts)
-    elif dataset == "avenue":
-        plan = plan_avenue(roots, opts)
-    elif dataset == "shanghai":
-        plan = plan_shanghai(roots, opts)
-    else:
-        plan = plan_custom(roots, opts)
-    _check_unique(plan.videos)
-    if opts.labels is not None and dataset != "custom":
+    """What to prepare from the folders ``roots``: the registered planner of ``dataset``, plus ``--labels``."""
+    plan = PLANNERS.get(dataset)(dataset, roots, opts)
+    check_unique(plan.videos)
+    if opts.labels is not None and not PLANNERS.info(dataset).get("user_labels"):
         path = opts.labels
         plan.label_sources.insert(0, LabelSource(path.name, lambda names, counts: dict(
             zip(names, read_label_file(path, names, counts))), convention=""))
@@ -698,26 +256,32 @@ def _is_archive(path: Path) -> bool:
     return path.is_file() and any(path.name.lower().endswith(s) for s in ARCHIVE_SUFFIXES)
 
 
-def _member_filter(dataset: str) -> Callable[[str], bool]:
-    """Only the requested UCSD subset is extracted from the UCSD archive (it holds both)."""
-    if dataset in ("ped1", "ped2"):
-        other = "ucsdped1" if dataset == "ped2" else "ucsdped2"
-        return lambda name: other not in name.lower().replace("\\", "/").split("/")
-    return lambda name: True
-
-
-def _archive_members(path: Path, keep: Callable[[str], bool]) -> tuple[int, Callable[[Path], None]]:
-    """(uncompressed bytes of the kept members, extract(into)) of a tar or zip archive."""
+def _archive_members(path: Path, keep: Callable[[str], bool]) -> tuple[int, list[str], Callable[[Path], None]]:
+    """(uncompressed bytes of the kept members, their names, extract(into)) of a tar or zip archive."""
     try:
         if path.name.lower().endswith(".zip"):
             archive = zipfile.ZipFile(path)
             infos = [i for i in archive.infolist() if keep(i.filename)]
-            return sum(i.file_size for i in infos), lambda into: archive.extractall(into, members=infos)
+            return (sum(i.file_size for i in infos), [i.filename for i in infos],
+                    lambda into: archive.extractall(into, members=infos))
         tar = tarfile.open(path)
         members = [m for m in tar.getmembers() if keep(m.name)]
-        return sum(m.size for m in members), lambda into: tar.extractall(into, members=members, filter="data")
+        return (sum(m.size for m in members), [m.name for m in members],
+                lambda into: tar.extractall(into, members=members, filter="data"))
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
         raise UserError(f"cannot read archive {path} ({exc}): the download is incomplete or damaged") from None
+
+
+def _refuse_prepared_archive(src: Path, names: Sequence[str], dataset: str) -> None:
+    """An archive of a tree already in the prepared layout (the public ped2.tar.gz) needs extracting, not preparing."""
+    for name in names:
+        match = re.fullmatch(r"(?:\./)?(?:(.+)/)?training/frames/[^/]+/[^/]+", name.replace("\\", "/"))
+        if match and Path(name).suffix.lower() in FRAME_EXTENSIONS:
+            tree = match.group(1)
+            where = (f"extract it and point --data_root at the folder holding {tree}/" if tree else
+                     f"extract it into <folder>/{dataset}/ and point --data_root at <folder>")
+            raise UserError(f"--src {src} holds a tree already in the prepared layout ({tree or '.'}/training/frames/"
+                            f"<video>/<frame>): such a tree needs no preparation: {where}")
 
 
 def stage_sources(sources: Sequence[Path], dataset: str, staging: Path) -> tuple[list[Path], list[Path]]:
@@ -736,7 +300,9 @@ def stage_sources(sources: Sequence[Path], dataset: str, staging: Path) -> tuple
         marker = target / ".complete"
         stamp = f"{src.stat().st_size}"
         if not (marker.exists() and marker.read_text() == stamp):
-            size, extract = _archive_members(src, _member_filter(dataset))
+            keep = PLANNERS.info(dataset).get("archive_members", lambda name: True)
+            size, names, extract = _archive_members(src, keep)
+            _refuse_prepared_archive(src, names, dataset)
             if size * 1.02 + 64e6 > free_bytes(staging):
                 raise UserError(f"extracting {src} needs about {_human(size)} but {staging} has only "
                                 f"{_human(free_bytes(staging))} free: extract it yourself elsewhere and pass the "
@@ -761,7 +327,7 @@ def _frame_name(index: int, digits: int, extension: str) -> str:
 
 
 def _digits(dataset: str, count: int) -> int:
-    return max(FRAME_DIGITS.get(dataset, 3), len(str(max(count - 1, 0))))
+    return max(PLANNERS.info(dataset).get("frame_digits", 3), len(str(max(count - 1, 0))))
 
 
 def _fingerprint(job: VideoJob, opts: Options) -> dict:
@@ -774,7 +340,7 @@ def _fingerprint(job: VideoJob, opts: Options) -> dict:
 
 
 def _count_frames(folder: Path) -> int:
-    return sum(1 for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and _visible(p))
+    return sum(1 for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and is_visible(p))
 
 
 def video_state(job: VideoJob, split_dir: Path, opts: Options) -> str:
@@ -930,10 +496,10 @@ def prepare_mask(job: MaskJob, dataset: str, opts: Options, stop: threading.Even
     path = pixel_mask_path(opts.data_root, dataset, job.name)
     if path.exists():
         try:
-            existing = np.load(path, mmap_mode="r", allow_pickle=False)
+            existing = load_npy(path, "pixel mask", "it is written again", mmap=True)
             if existing.dtype == np.uint8 and existing.ndim == 3 and existing.shape[0] == job.frames:
                 return "done"
-        except (ValueError, OSError):
+        except UserError:  # unreadable: written again below
             pass
     masks = job.load()
     if len(masks) != job.frames:
@@ -961,7 +527,7 @@ def prepare_mask(job: MaskJob, dataset: str, opts: Options, stop: threading.Even
             out[t] = frame > 0
         out.flush()
         del out
-        _readable(tmp)
+        make_readable(tmp)
     return "written"
 
 
@@ -1098,7 +664,7 @@ class Summary:
 
     def lines(self) -> list[str]:
         out = [f"{self.dataset}: prepared in {Path(self.data_root) / self.dataset}"]
-        published = PUBLISHED.get(self.dataset, {})
+        published = PLANNERS.info(self.dataset).get("published", {})
         for split in SPLITS:
             if split not in self.splits:
                 out.append(f"  {split}: not prepared")
@@ -1139,7 +705,7 @@ def _compare(got: tuple, want: tuple) -> str:
 
 
 def _test_order(names: Iterable[str]) -> list[str]:
-    return sorted(names, key=lambda n: _natural_key(Path(n)))
+    return sorted(names, key=natural_key)
 
 
 def _stray_folders(plan: Plan, opts: Options) -> None:
@@ -1150,7 +716,7 @@ def _stray_folders(plan: Plan, opts: Options) -> None:
         if not folder.is_dir() or (opts.labels_only and not planned):
             continue
         for entry in folder.iterdir():
-            if entry.is_dir() and _visible(entry) and entry.name not in planned and planned:
+            if entry.is_dir() and is_visible(entry) and entry.name not in planned and planned:
                 raise UserError(f"{entry} is not a video of this source (left from another run?): remove it, or "
                                 f"choose another --data_root")
             if entry.is_dir() and entry.name.startswith((".partial-", ".old-")):
@@ -1191,7 +757,7 @@ def write_labels(plan: Plan, opts: Options, names: Sequence[str], counts: Sequen
     summary.notes += _compare_sources(plan, primary, names, counts)
     labels = [primary[n] for n in names]
     normal = [n for n, y in zip(names, labels) if not y.any()]
-    if plan.dataset == "custom" and normal:  # a misspelt name in labels.csv would look like this: say so
+    if PLANNERS.info(plan.dataset).get("user_labels") and normal:  # a misspelt name in labels.csv looks like this
         summary.notes.append(f"{len(normal)} test videos have no anomalous frame in {primary_source.description}: "
                              f"{', '.join(normal[:10])}{' ...' if len(normal) > 10 else ''}")
     root = Path(opts.data_root) / plan.dataset
@@ -1207,11 +773,18 @@ def write_labels(plan: Plan, opts: Options, names: Sequence[str], counts: Sequen
     summary.anomalous, summary.convention = int(sum(y.sum() for y in labels)), primary_source.convention
 
 
+def _list_videos(folder: Path) -> list:
+    """The videos of a prepared split as the loader lists them (dataset.list_videos)."""
+    from dataset import list_videos  # deferred: dataset imports torch, which preparing never needs
+
+    return list_videos(folder)
+
+
 def _test_names_and_counts(plan: Plan, opts: Options) -> tuple[list[str], list[int]]:
     """The test videos in loader order with their frame counts: the prepared frames when there are any."""
     folder = Path(opts.data_root) / plan.dataset / "testing" / "frames"
-    if folder.is_dir() and any(_visible(p) for p in folder.iterdir()):
-        videos = list_videos(folder)
+    if folder.is_dir() and any(is_visible(p) for p in folder.iterdir()):
+        videos = _list_videos(folder)
         names, counts = [v.name for v in videos], [len(v.frames) for v in videos]
         for name, count in zip(names, counts):
             if plan.test_counts.get(name, count) != count:
@@ -1222,19 +795,49 @@ def _test_names_and_counts(plan: Plan, opts: Options) -> tuple[list[str], list[i
     return names, [plan.test_counts[n] for n in names]
 
 
+def prepared_tree(folder: Path) -> Path | None:
+    """The ``<dataset>`` folder of a tree already in the prepared layout, ``folder`` itself or one just below it.
+
+    Prepared means ``training/frames/<video>/`` folders of frames (the public ``ped2.tar.gz`` and what this tool
+    writes), or a ``testing/frames/<video>/`` folder holding this tool's manifest.  ShanghaiTech's official
+    ``testing/frames/`` alone is not: its training videos are ``training/videos/*.avi``.
+    """
+    def prepared(tree: Path) -> bool:
+        if any((video / MANIFEST).is_file() for split in SPLITS for video in subdirs(tree / split / "frames", r".+")):
+            return True
+        return any(is_frame(p) for video in subdirs(tree / "training" / "frames", r".+") for p in video.iterdir())
+
+    if not folder.is_dir():
+        return None
+    return next((tree for tree in [folder, *subdirs(folder, r".+")] if prepared(tree)), None)
+
+
+def check_sources(sources: Sequence[Path], dataset: str, data_root: Path) -> None:
+    """The source is only ever read: the output is neither inside a source nor holds one, and a source already in
+    the prepared layout needs no preparation (one UserError line each)."""
+    output = Path(data_root).resolve()
+    for given in sources:
+        src = Path(given).resolve()
+        if src == output / dataset or output / dataset in src.parents:
+            raise UserError(f"--src {src} is inside the output {Path(data_root) / dataset}: prepare into another "
+                            f"--data_root (the source is never modified)")
+        if src == output or src in output.parents:
+            raise UserError(f"--data_root {data_root} is inside --src {given}: choose a --data_root outside the "
+                            f"source (the source is only ever read)")
+        tree = prepared_tree(src)
+        if tree is not None:
+            raise UserError(f"--src {given} is already in the prepared layout ({tree}/<split>/frames/<video>/"
+                            f"<frame>): such a tree needs no preparation: point --data_root at {tree.parent} "
+                            f"(train.py / eval.py --data_root={tree.parent})")
+
+
 def prepare(dataset: str, sources: Sequence[Path], opts: Options) -> Summary:
     """Prepare ``dataset`` from the downloaded ``sources`` into ``opts.data_root`` (see the module docstring)."""
-    dataset = ALIASES.get(dataset.lower(), dataset.lower())
-    if dataset not in DATASETS:
-        raise UserError(f"unknown dataset '{dataset}': valid names are {', '.join(DATASETS)}, shanghaitech")
+    dataset = dataset_name(dataset)
     if not sources:
         raise UserError("no --src given: pass the downloaded folder or archive")
     data_root = Path(opts.data_root)
-    for src in sources:
-        src = Path(src).resolve()
-        if src == data_root.resolve() / dataset or data_root.resolve() / dataset in src.parents:
-            raise UserError(f"--src {src} is inside the output {data_root / dataset}: prepare into another "
-                            f"--data_root (the source is never modified)")
+    check_sources(sources, dataset, data_root)
     staging = data_root / ".prepare" / dataset
     roots, staged = stage_sources(sources, dataset, staging)
     if staged and opts.link == "symlink":
@@ -1265,8 +868,8 @@ def prepare(dataset: str, sources: Sequence[Path], opts: Options) -> Summary:
                              f"written by this tool) have the right frame counts and were kept")
     for split in SPLITS:
         folder = data_root / dataset / split / "frames"
-        if folder.is_dir() and any(_visible(p) for p in folder.iterdir()):
-            listed = list_videos(folder)  # what train.py / eval.py will see
+        if folder.is_dir() and any(is_visible(p) for p in folder.iterdir()):
+            listed = _list_videos(folder)  # what train.py / eval.py will see
             summary.splits[split] = (len(listed), sum(len(v.frames) for v in listed))
     names, counts = _test_names_and_counts(plan, opts)
     if "testing" not in summary.splits and names:
