@@ -18,9 +18,9 @@ frames themselves are (when no two are equal).
 **Which normal frames.**  Held-out training videos when the checkpoint's config has ``val_holdout > 0`` (the
 last ``val_holdout`` training videos in name order, which training never sees: engine.split_holdout); otherwise
 the training split itself.  The network was fitted to those frames, so it predicts them better than unseen normal
-frames: the PSNR threshold then sits too high and the real false-alarm rate exceeds ``fpr`` (the README measures
-by how much on Ped2).  A user's own normal footage (``detect.py --calibrate=<video>``) avoids both the optimism
-and the change of scene.
+frames: the PSNR threshold then sits too high and the real false-alarm rate exceeds ``fpr`` (docs/results.md 'Ped2:
+pixel level (localisation) and the causal score' measures by how much).  A user's own normal footage
+(``detect.py --calibrate=<video>``) avoids both the optimism and the change of scene.
 
 The calibration is ``<checkpoint stem>.calibration.json`` beside the checkpoint (atomic write), tied to the
 checkpoint by its SHA-256: a retrained checkpoint never uses a stale calibration.
@@ -37,7 +37,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from dataset import VideoSet, frames_dir
 from errors import UserError
+from evaluation import predict_psnr
+from ioutil import atomic_write_text
 
 KIND = "ffp-vad-calibration"
 VERSION = 1
@@ -113,8 +116,6 @@ class Calibration:
         return json.dumps(payload, indent=1) + "\n"
 
     def save(self, path: Path | str, checkpoint: Path | str, extra: Optional[dict] = None) -> None:
-        from ioutil import atomic_write_text
-
         try:
             atomic_write_text(path, self.to_json(checkpoint, extra))
         except OSError as exc:
@@ -141,8 +142,6 @@ class Calibration:
 # --- computing a calibration ----------------------------------------------------------------------------------
 
 def dataset_available(cfg) -> bool:
-    from dataset import frames_dir
-
     return cfg.dataset == "toy" or frames_dir(cfg, "training").is_dir()
 
 
@@ -171,9 +170,6 @@ def from_psnr(values: Sequence[float], source: str, checkpoint_sha256: str, img_
 def from_dataset(generator, cfg, device, amp_dtype, channels_last: bool, checkpoint_sha256: str,
                  progress: bool = True) -> Calibration:
     """PSNR of the normal training frames of the checkpoint's dataset (held-out videos when val_holdout > 0)."""
-    from dataset import VideoSet, frames_dir
-    from evaluation import predict_psnr
-
     if not dataset_available(cfg):
         raise UserError(f"cannot calibrate: no training frames of {cfg.dataset} at {frames_dir(cfg, 'training')} "
                         f"(pass --data_root=<folder holding {cfg.dataset}/>, or --calibrate=<video of normal "
@@ -192,7 +188,7 @@ def from_dataset(generator, cfg, device, amp_dtype, channels_last: bool, checkpo
 def benchmark_rates(calib: Calibration, psnr_values: np.ndarray, labels: np.ndarray, fpr: float) -> dict:
     """The causal detector on a labelled test set: its AUC, and at ``fpr`` the share of normal frames flagged (the
     real false-alarm rate, against the target) and of anomalous frames flagged (detection rate)."""
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_auc_score  # deferred: scikit-learn loads in about a second
 
     y = np.asarray(labels)
     flagged = calib.flagged(psnr_values, fpr)

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 from errors import UserError
+from ioutil import atomic_write_text
+from registry import Registry
 
 DATASET_ALIASES = {"shanghaitech": "shanghai"}
 
@@ -126,7 +128,7 @@ class Config:
         kinds={_ARCH, _STAGE1})
     # --- networks ---------------------------------------------------------------------------------------------
     model: str = setting(
-        "ffp", "networks", "generator registry name (models/__init__.py); it also picks the method (methods.py)",
+        "ffp", "networks", "generator registry name (models/registry.py); it also picks the method (methods/)",
         kinds={_ARCH})
     base_channels: int = setting(
         64, "networks", "width of the first U-Net stage (64 in the paper)", range=AT_LEAST_ONE,
@@ -135,7 +137,7 @@ class Config:
         "pixel", "networks",
         "discriminator registry name (pixel: FFP's PatchGAN; dcgan: Skip-GANomaly's)", kinds={_ARCH, _STAGE1})
     flownet: str = setting(
-        "none", "networks", "flow estimator (flownet/__init__.py): auto, flownet2sd, spynet, lucaskanade, none",
+        "none", "networks", "flow estimator (flownet/core.py): auto, flownet2sd, spynet, lucaskanade, none",
         kinds={_ARCH, _STAGE1})
     flownet_weights: str = setting(
         "", "networks", "weights file of the flow network; empty = the usual places in weights/", kinds={_STAGE1})
@@ -279,9 +281,9 @@ def fields_of(kind: str) -> tuple[str, ...]:
 # Presets hold only what differs from the field defaults.
 _GREY = dict(lr_g=1e-4, lr_d=1e-5)
 _COLOUR = dict(lr_g=2e-4, lr_d=2e-5)
-PRESETS: dict[str, dict[str, Any]] = {
+PRESETS: Registry[dict[str, Any]] = Registry.of("--dataset", {
     # flownet=auto: FlowNet2-SD (the paper's) when its weights are present, else SPyNet, else no flow loss, said
-    # loudly; the order comes from the Ped2 comparison of estimators in the README.
+    # loudly; the order comes from the Ped2 comparison of estimators (docs/flow.md 'Ped2 comparison').
     "ped2": dict(_GREY, flownet="auto", lr_decay_step=7000, iters=80000),
     "avenue": dict(_COLOUR, flownet="auto", lr_decay_step=100000, iters=80000, lam_int=0.001),
     "shanghai": dict(_COLOUR, flownet="auto", lr_decay_step=50000, iters=80000),
@@ -295,7 +297,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         _COLOUR, img_size=64, base_channels=32, flownet="none", iters=1000, batch_size=8, lr_decay_step=800,
         save_interval=500, val_interval=250, log_interval=25,
     ),
-}
+})
 
 
 # What a method needs on top of the dataset preset lives with the method (methods/*.py, ``Method.settings``); the
@@ -304,16 +306,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 SettingsOf = Callable[[str], "tuple[dict[str, Any], Callable[[Config], dict[str, Any]]]"]
 
 
-# Named recipes (--preset=<name>): a complete, measured set of flags for one purpose.  See RESULTS.md.
-RECIPES: dict[str, dict[str, Any]] = {
-    # Ped2 on a 2-core CPU within an hour (issue #6, RESULTS.md R7-R9): 128 px, width 32, no flow loss, 6,000 steps
+# Named recipes (--preset=<name>): a complete, measured set of flags for one purpose.  See docs/results.md 'The
+# ped2_cpu recipe'.
+RECIPES: Registry[dict[str, Any]] = Registry.of("--preset", {
+    # Ped2 on a 2-core CPU within an hour (issue #6, docs/results.md R7-R8): 128 px, width 32, no flow loss, 6,000 steps
     # with the learning rates divided by 10 at 5,000, an EMA of G's weights, and two training videos held out for
     # label-free checkpoint selection (weights/g_best_val_ped2.pth).  About 23 minutes of training on 2 threads.
     "ped2_cpu": dict(
         dataset="ped2", img_size=128, base_channels=32, flownet="none", iters=6000, lr_decay_step=5000,
         val_interval=500, save_interval=1000, ema=0.999, val_holdout=2,
     ),
-}
+})
 
 
 def canonical_dataset(name: str) -> str:
@@ -327,7 +330,7 @@ def canonical_dataset(name: str) -> str:
 def preset(dataset: str) -> Config:
     """The default configuration of one dataset."""
     name = canonical_dataset(dataset)
-    return Config(dataset=name, **PRESETS[name])
+    return Config(dataset=name, **PRESETS.get(name))
 
 
 # --- command line ---------------------------------------------------------------------------------------------
@@ -491,9 +494,7 @@ def resolve(given: dict[str, Any], settings_of: SettingsOf) -> Config:
     """The config of the flags ``given`` ({field: value}): field defaults < dataset preset < the settings of the
     model's method (``settings_of(model)``: settings, derived settings) < recipe (--preset) < the flags themselves."""
     recipe_name = given.get("preset", "")
-    if recipe_name and recipe_name not in RECIPES:
-        raise UserError(f"unknown --preset '{recipe_name}': valid names are {', '.join(sorted(RECIPES))}")
-    recipe = RECIPES.get(recipe_name, {})
+    recipe = RECIPES.get(recipe_name) if recipe_name else {}
     cfg = preset(given.get("dataset", recipe.get("dataset", Config.dataset)))
     model = given.get("model", recipe.get("model", cfg.model))
     settings, derived = settings_of(model)
@@ -525,7 +526,7 @@ def parse_command_line(argv: Sequence[str] | None, prog: str, description: str, 
     stored = read_config_file(given.pop("config")) if "config" in given else {}
     merged = {**stored, **given}
     cfg = resolve(merged, settings_of)
-    recipe = RECIPES.get(merged.get("preset", ""), {})
+    recipe = RECIPES.get(merged["preset"]) if merged.get("preset") else {}
     explicit = set(given) | set(recipe)
     if stored:  # the file's settings count as given where they differ from what its presets alone give
         base = resolve({k: merged[k] for k in ("dataset", "preset", "model") if k in merged}, settings_of)
@@ -563,7 +564,6 @@ def config_from_dict(stored: dict[str, Any]) -> Config:
 
 
 def write_config(cfg: Config, folder: Path | str) -> Path:
-    from ioutil import atomic_write_text
     path = Path(folder) / "config.json"
     atomic_write_text(path, cfg.to_json() + "\n")
     return path

@@ -1,6 +1,6 @@
 """Datasets in the prepared-frames layout, a frame cache, training/test clips and frame labels.
 
-Layout (../shared/DATASETS.md section 2)::
+Layout (docs/data.md 'Prepared-frames layout')::
 
     <data_root>/<dataset>/training/frames/<video>/<frame>.jpg
     <data_root>/<dataset>/testing/frames/<video>/<frame>.jpg
@@ -24,14 +24,15 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from config import Config
 from errors import UserError
 from frames import FRAME_EXTENSIONS, is_frame, natural_key
 from ioutil import atomic_path
 from labels import find_label_source, load_labels
+from toydata import ensure_toy_dataset
 
-_is_frame, _natural_key = is_frame, natural_key  # the names video_io.py imports (use frames.py in new code)
 SPLITS = ("training", "testing")
 
 
@@ -51,7 +52,8 @@ def list_videos(root: Path) -> list[Video]:
     """Video folders under ``root`` in name order, each with its frames in order. Bad layouts are UserErrors."""
     if not root.is_dir():
         raise UserError(f"no frames folder at {root}: expected <data_root>/<dataset>/<split>/frames/<video>/"
-                        f"<frame>.jpg (set --data_root, or prepare the dataset first; see README 'Data')")
+                        f"<frame>.jpg (set --data_root, or prepare the dataset first; see docs/data.md "
+                        f"'Preparing a dataset')")
     videos = []
     for folder in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                          key=natural_key):
@@ -95,8 +97,6 @@ def cached_frames(videos: Sequence[Video], size: int, cache_root: Path, desc: st
     A cache file is named by a fingerprint of the source frames (path, size, mtime), so an edited video is decoded
     again.  Writes are atomic: an interrupted build leaves no file that looks complete.
     """
-    from tqdm import tqdm
-
     cache_root.mkdir(parents=True, exist_ok=True)
     paths = [cache_root / f"{v.name}_{size}px_{_video_fingerprint(v, size)}.npy" for v in videos]
     missing = [i for i, p in enumerate(paths) if not p.exists()]
@@ -134,7 +134,6 @@ class VideoSet:
         """The split's videos, or with ``max_videos`` > 0 at most that many spread evenly over it (only those are
         decoded)."""
         if cfg.dataset == "toy":
-            from toydata import ensure_toy_dataset
             ensure_toy_dataset(Path(cfg.data_root))
         videos = list_videos(frames_dir(cfg, split))
         if 0 < max_videos < len(videos):

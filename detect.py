@@ -40,18 +40,29 @@ import csv
 import io
 import json
 import signal
+import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
+import cv2
 import numpy as np
+import torch
+from tqdm import tqdm
 
+import calibration as cal
 from config import NON_NEGATIVE, POSITIVE, OneLineParser, Range, check_setting, parse_bool
+from dataset import frames_dir
 from errors import UserError, run_cli
+from evaluation import pyplot, save_figure
+from ioutil import atomic_write_text
 from labels import labels_from_intervals, read_interval_file
+from localization import DEFAULT_SIGMA
+from metrics import anomaly_scores, equal_error_rate, micro_auc
 from predictor import Prediction, StreamPredictor, load_generator as load_stream_generator, to_model_frame  # noqa: F401
+from runtime import configure_threads, resolve_amp, resolve_device, use_channels_last
+from video_io import atomic_video, open_source
 
 BANNER_GREEN = (40, 150, 40)  # BGR
 BANNER_RED = (30, 30, 200)
@@ -172,15 +183,11 @@ class Layout:
 
 
 def _put_text(image: np.ndarray, text: str, origin: tuple[int, int], scale: float, color=(255, 255, 255)) -> None:
-    import cv2
-
     cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
     cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
 
 
 def _banner(layout: Layout, text: str, color: tuple[int, int, int]) -> np.ndarray:
-    import cv2
-
     width = layout.size[0]
     banner = np.empty((layout.banner_h, width, 3), np.uint8)
     banner[:] = color
@@ -195,8 +202,6 @@ def _banner(layout: Layout, text: str, color: tuple[int, int, int]) -> np.ndarra
 
 def heat_overlay(frame: np.ndarray, amap: np.ndarray, heat_max: float) -> np.ndarray:
     """The map in the JET colour map over the frame, opaque where the error is large, transparent where it is 0."""
-    import cv2
-
     value = np.clip(cv2.resize(amap, frame.shape[1::-1], interpolation=cv2.INTER_LINEAR) / heat_max, 0, 1)
     colour = cv2.applyColorMap((value * 255).astype(np.uint8), cv2.COLORMAP_JET).astype(np.float32)
     alpha = 0.7 * value[..., None]
@@ -204,8 +209,6 @@ def heat_overlay(frame: np.ndarray, amap: np.ndarray, heat_max: float) -> np.nda
 
 
 def render(layout: Layout, p: Prediction, banner: str, color, heat_max: float) -> np.ndarray:
-    import cv2
-
     size = (layout.panel_w, layout.panel_h)
     frame = cv2.resize(p.frame, size, interpolation=cv2.INTER_AREA)
     if p.predicted is None:
@@ -287,9 +290,7 @@ def scores_csv(frames: np.ndarray, times: np.ndarray, psnrs: np.ndarray, scores:
 def plot_scores(path: Path, times: np.ndarray, scores: np.ndarray, psnrs: np.ndarray, threshold: float,
                 psnr_threshold: Optional[float], events: list[dict], labels: Optional[np.ndarray], title: str,
                 frame_s: float) -> None:
-    from evaluation import _pyplot, _save_figure
-
-    plt = _pyplot()
+    plt = pyplot()
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 4.6), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     for axis in (top, bottom):
         for k, e in enumerate(events):
@@ -306,14 +307,12 @@ def plot_scores(path: Path, times: np.ndarray, scores: np.ndarray, psnrs: np.nda
     if psnr_threshold is not None:
         bottom.axhline(psnr_threshold, color="tab:red", ls="--", lw=1)
     bottom.set(xlabel="time (s)", ylabel="PSNR (dB)")
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 # --- the run --------------------------------------------------------------------------------------------------
 
 def prepare_output(args: argparse.Namespace, source, checkpoint: Path) -> Path:
-    import tempfile
-
     if args.output:
         folder = Path(args.output)
     else:
@@ -333,8 +332,6 @@ def prepare_output(args: argparse.Namespace, source, checkpoint: Path) -> Path:
 
 def get_calibration(args, cfg, generator, checkpoint: Path, device, amp_dtype, channels_last, sigma):
     """The causal calibration: loaded, or computed (and saved) when asked, missing or made for another checkpoint."""
-    import calibration as cal
-
     path = Path(args.calibration) if args.calibration else cal.calibration_path(checkpoint)
     sha = cal.file_sha256(checkpoint)
     if not args.calibrate and path.exists():
@@ -346,8 +343,6 @@ def get_calibration(args, cfg, generator, checkpoint: Path, device, amp_dtype, c
                             f"training data) or --calibrate=<video of normal activity>")
         print(f"note: {path} was made for another checkpoint: calibrating again")
     if args.calibrate and args.calibrate != "dataset":
-        from video_io import open_source
-
         normal = open_source(args.calibrate, args.fps)
         predictor = StreamPredictor(generator, cfg, device, amp_dtype, channels_last, sigma, maps=False)
         values = [p.psnr for p in _progress(predictor.run(normal.frames()), normal.n_frames, "calibrating",
@@ -356,7 +351,6 @@ def get_calibration(args, cfg, generator, checkpoint: Path, device, amp_dtype, c
                                videos=[normal.name], note="user-supplied normal footage")
     else:
         if not cal.dataset_available(cfg):
-            from dataset import frames_dir
             raise UserError(f"no calibration for {checkpoint} ({path} does not exist) and no training frames at "
                             f"{frames_dir(cfg, 'training')} to make one: pass --data_root=<folder with "
                             f"{cfg.dataset}/>, or --calibrate=<video of normal activity>, or use --norm=video")
@@ -367,164 +361,202 @@ def get_calibration(args, cfg, generator, checkpoint: Path, device, amp_dtype, c
 
 
 def _progress(iterable, total, desc: str, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(iterable, total=total, desc=desc, unit="frame", disable=not enabled, dynamic_ncols=True,
                 leave=False)
+
+
+@dataclass
+class Run:
+    """What one detection run works with, set up from the flags before the first frame is read."""
+    cfg: object  # config.Config of the checkpoint, with this run's device settings
+    predictor: StreamPredictor
+    checkpoint: Path
+    norm: str  # video (per-video min-max, two passes) or causal (calibrated threshold, one pass)
+    folder: Path
+    sigma: float
+    calib: Optional[cal.Calibration] = None
+    calib_path: Optional[Path] = None
+
+
+@dataclass
+class Track:
+    """The per-frame results of a run: every predicted frame's index, PSNR and score."""
+    frames: np.ndarray
+    psnrs: np.ndarray
+    scores: np.ndarray
+    n_frames: int  # frames read, warm-up included
+    seconds: float
+    times: np.ndarray
+    flagged: np.ndarray
+    stopped: bool
+
+
+def set_up(args: argparse.Namespace, source) -> Run:
+    """The checkpoint's generator on this machine's device, the decision rule, the output folder and, for the
+    causal rule, the calibration: every check that can fail runs before the first frame is scored."""
+    cfg, generator, checkpoint = load_generator(args)
+    norm = args.norm or ("causal" if source.kind == "camera" or args.calibrate or args.calibration else "video")
+    if norm == "video" and source.kind == "camera":
+        raise UserError("--norm=video needs the whole video (per-video min-max): a camera has none, use "
+                        "--norm=causal")
+    folder = prepare_output(args, source, checkpoint)
+    configure_threads(cfg)
+    device = resolve_device(cfg.device)
+    amp_dtype = resolve_amp(cfg, device)
+    channels_last = use_channels_last(cfg, device)
+    generator = generator.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    sigma = DEFAULT_SIGMA if args.sigma is None else args.sigma
+    run = Run(cfg, StreamPredictor(generator, cfg, device, amp_dtype, channels_last, sigma), checkpoint, norm,
+              folder, sigma)
+    if norm == "causal":
+        run.calib, run.calib_path, _ = get_calibration(args, cfg, generator, checkpoint, device, amp_dtype,
+                                                       channels_last, sigma)
+        calib = run.calib
+        print(f"causal calibration: {calib.n_frames} normal frames from {calib.source}"
+              + (" (optimistic: the network trained on them)" if calib.optimistic else "")
+              + f"; flag below {calib.psnr_threshold(args.fpr):.2f} dB (fpr {args.fpr:g})")
+        if args.fpr < calib.smallest_fpr():
+            print(f"note: {calib.n_frames} calibration frames cannot set a false-alarm rate below "
+                  f"{calib.smallest_fpr():.2g}; --fpr={args.fpr:g} flags only frames worse than all of them")
+    return run
+
+
+def too_short(args: argparse.Namespace, n_frames: int, cfg) -> UserError:
+    return UserError(f"{args.video} has {n_frames} frames: at least {cfg.clip_len} are needed to predict one "
+                     f"(clip_len {cfg.clip_len})")
+
+
+def video_scores(args: argparse.Namespace, source, run: Run, total: Optional[int]) -> dict[int, float]:
+    """Pass 1 of --norm=video: every frame's PSNR, then the per-video min-max score of each predicted frame."""
+    feed = FrameFeed(source.frames(), args.max_frames)
+    scorer = StreamPredictor(run.predictor.generator, run.cfg, run.predictor.device, run.predictor.amp_dtype,
+                             run.predictor.channels_last, run.sigma, maps=False)
+    indices, psnrs = [], []
+    for p in _progress(scorer.run(feed), total, "scoring (pass 1 of 2)", args.progress):
+        if p.psnr is not None:
+            indices.append(p.index)
+            psnrs.append(p.psnr)
+    if not psnrs:
+        raise too_short(args, len(feed.times), run.cfg)
+    return dict(zip(indices, anomaly_scores(np.asarray(psnrs))))
+
+
+def detect_stream(args: argparse.Namespace, source, run: Run) -> Track:
+    """Score every frame and write the annotated video (the second pass of --norm=video, the only one of causal)."""
+    cfg, calib = run.cfg, run.calib
+    layout = Layout.for_source(source.width, source.height)
+    live = source.kind == "camera"
+    total = min(filter(None, (source.n_frames, args.max_frames)), default=None)
+    start = time.perf_counter()
+    score_of = video_scores(args, source, run, total) if run.norm == "video" else None
+
+    feed = FrameFeed(source.frames(), args.max_frames, live)
+    previous_handler = signal.signal(signal.SIGINT, feed.stop) if live else None
+    indices: list[int] = []
+    psnrs: list[float] = []
+    scores: list[float] = []
+    n_frames = 0
+    try:
+        with atomic_video(run.folder / "annotated.mp4", source.fps, layout.size) as writer:
+            desc = "detecting" + (" (pass 2 of 2)" if score_of is not None else "")
+            for p in _progress(run.predictor.run(feed), total, desc, args.progress):
+                n_frames += 1
+                t = feed.times[p.index] if live else p.index / source.fps
+                if p.psnr is None:
+                    writer.write(render(layout, p, banner_text(p, t, 0, False, cfg.n_inputs), BANNER_GREY,
+                                        args.heat_max))
+                    continue
+                if score_of is not None:
+                    if p.index not in score_of:
+                        raise UserError(f"{args.video} changed while it was read (frame {p.index} is new)")
+                    score = float(score_of[p.index])
+                    flagged = score >= args.threshold
+                else:
+                    score = float(calib.scores([p.psnr])[0])
+                    flagged = bool(calib.flagged([p.psnr], args.fpr)[0])
+                indices.append(p.index)
+                psnrs.append(p.psnr)
+                scores.append(score)
+                writer.write(render(layout, p, banner_text(p, t, score, flagged, cfg.n_inputs),
+                                    BANNER_RED if flagged else BANNER_GREEN, args.heat_max))
+            if not psnrs:
+                raise too_short(args, n_frames, cfg)
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+    seconds = time.perf_counter() - start
+    if score_of is not None and len(psnrs) != len(score_of):
+        raise UserError(f"{args.video} gave {len(psnrs)} predicted frames on the second pass but "
+                        f"{len(score_of)} on the first: the file changed while it was read")
+    frames, psnr_arr, score_arr = np.asarray(indices), np.asarray(psnrs), np.asarray(scores)
+    times = np.asarray([feed.times[i] for i in indices]) if live else frames / source.fps
+    flagged_arr = score_arr >= args.threshold if score_of is not None else calib.flagged(psnr_arr, args.fpr)
+    return Track(frames, psnr_arr, score_arr, n_frames, seconds, times, flagged_arr, feed.stopped)
+
+
+def write_outputs(args: argparse.Namespace, source, run: Run, track: Track, intervals) -> dict:
+    """scores.csv, events.json, summary.json and scores.png (each written to a temporary name and renamed)."""
+    cfg, calib = run.cfg, run.calib
+    if run.norm == "video":
+        threshold, psnr_threshold = args.threshold, None
+    else:
+        threshold, psnr_threshold = 1.0 - args.fpr, calib.psnr_threshold(args.fpr)
+    events = merge_events(track.frames, track.flagged, track.scores, track.times, int(round(args.gap * source.fps)))
+    labels = (labels_for(args.labels, intervals, source.name, track.n_frames)[track.frames]
+              if intervals is not None else None)
+    atomic_write_text(run.folder / "scores.csv", scores_csv(track.frames, track.times, track.psnrs, track.scores,
+                                                            track.flagged, labels))
+    summary = {
+        "video": args.video, "source_kind": source.kind, "fps": source.fps, "frames": track.n_frames,
+        "predicted_frames": int(len(track.frames)), "warm_up_frames": min(track.n_frames, cfg.n_inputs),
+        "checkpoint": str(run.checkpoint), "img_size": cfg.img_size, "clip_len": cfg.clip_len, "norm": run.norm,
+        "threshold": threshold, "flagged_frames": int(track.flagged.sum()), "events": len(events),
+        "merge_gap_s": args.gap, "map_sigma_px": run.sigma, "seconds": round(track.seconds, 2),
+        "frames_per_second": round(track.n_frames / track.seconds, 2) if track.seconds > 0 else None,
+        "passes": 2 if run.norm == "video" else 1, "stopped_by_user": track.stopped,
+    }
+    if calib is not None:
+        summary.update(fpr=args.fpr, psnr_threshold=psnr_threshold, calibration=str(run.calib_path),
+                       calibration_source=calib.source, calibration_frames=calib.n_frames,
+                       calibration_optimistic=calib.optimistic)
+    if labels is not None:
+        has_both = 0 < labels.sum() < len(labels)
+        summary.update(labels=args.labels, anomalous_frames=int(labels.sum()),
+                       auc=micro_auc([track.scores], [labels]) if has_both else None,
+                       eer=equal_error_rate(track.scores, labels) if has_both else None)
+    atomic_write_text(run.folder / "events.json", json.dumps({"video": args.video, "norm": run.norm,
+                                                              "threshold": threshold, "merge_gap_s": args.gap,
+                                                              "events": events}, indent=2) + "\n")
+    atomic_write_text(run.folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+    plot_scores(run.folder / "scores.png", track.times, track.scores, track.psnrs, threshold, psnr_threshold, events,
+                labels, f"{source.name}: {run.norm} scores ({run.checkpoint.stem})", 1.0 / source.fps)
+    return summary
+
+
+def summary_line(args: argparse.Namespace, run: Run, track: Track, summary: dict) -> str:
+    line = (f"{args.video}: {track.n_frames} frames ({len(track.frames)} predicted) in {track.seconds:.1f} s = "
+            f"{track.n_frames / max(track.seconds, 1e-9):.1f} frames/s{' over 2 passes' if run.norm == 'video' else ''}"
+            f"; {int(track.flagged.sum())} flagged ({100 * track.flagged.mean():.1f}%) in {summary['events']} events; "
+            f"norm={run.norm}")
+    if "auc" in summary:
+        line += ("; " + (f"AUC {100 * summary['auc']:.2f}%, EER {100 * summary['eer']:.2f}%" if summary["auc"]
+                        is not None else "AUC n/a (the labels do not mark both classes among predicted frames)"))
+    return line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_options(args)
-    import torch
-
-    from localization import DEFAULT_SIGMA
-    from metrics import anomaly_scores, equal_error_rate, micro_auc
-    from runtime import configure_threads, resolve_amp, resolve_device, use_channels_last
-    from video_io import atomic_video, open_source
-
     source = open_source(args.video, args.fps)
     try:
         intervals = read_labels(args.labels, source.name) if args.labels else None
-        cfg, generator, checkpoint = load_generator(args)
-        norm = args.norm or ("causal" if source.kind == "camera" or args.calibrate or args.calibration else "video")
-        if norm == "video" and source.kind == "camera":
-            raise UserError("--norm=video needs the whole video (per-video min-max): a camera has none, use "
-                            "--norm=causal")
-        folder = prepare_output(args, source, checkpoint)
-        configure_threads(cfg)
-        device = resolve_device(cfg.device)
-        amp_dtype = resolve_amp(cfg, device)
-        channels_last = use_channels_last(cfg, device)
-        generator = generator.to(device, memory_format=torch.channels_last if channels_last else
-                                 torch.contiguous_format)
-        sigma = DEFAULT_SIGMA if args.sigma is None else args.sigma
-        calib = None
-        if norm == "causal":
-            calib, calib_path, _ = get_calibration(args, cfg, generator, checkpoint, device, amp_dtype,
-                                                      channels_last, sigma)
-            print(f"causal calibration: {calib.n_frames} normal frames from {calib.source}"
-                  + (" (optimistic: the network trained on them)" if calib.optimistic else "")
-                  + f"; flag below {calib.psnr_threshold(args.fpr):.2f} dB (fpr {args.fpr:g})")
-            if args.fpr < calib.smallest_fpr():
-                print(f"note: {calib.n_frames} calibration frames cannot set a false-alarm rate below "
-                      f"{calib.smallest_fpr():.2g}; --fpr={args.fpr:g} flags only frames worse than all of them")
-        predictor = StreamPredictor(generator, cfg, device, amp_dtype, channels_last, sigma)
-        layout = Layout.for_source(source.width, source.height)
-        n_inputs = cfg.n_inputs
-        live = source.kind == "camera"
-        total = min(filter(None, (source.n_frames, args.max_frames)), default=None)
-        start = time.perf_counter()
-
-        frames_idx: list[int] = []
-        psnrs: list[float] = []
-        if norm == "video":  # pass 1: PSNR only, then the per-video min-max
-            feed = FrameFeed(source.frames(), args.max_frames)
-            scorer = StreamPredictor(generator, cfg, device, amp_dtype, channels_last, sigma, maps=False)
-            for p in _progress(scorer.run(feed), total, "scoring (pass 1 of 2)", args.progress):
-                if p.psnr is not None:
-                    frames_idx.append(p.index)
-                    psnrs.append(p.psnr)
-            if not psnrs:
-                raise UserError(f"{args.video} has {len(feed.times)} frames: at least {cfg.clip_len} are needed to "
-                                f"predict one (clip_len {cfg.clip_len})")
-            video_scores = anomaly_scores(np.asarray(psnrs))
-            score_of = dict(zip(frames_idx, video_scores))
-            frames_idx, psnrs = [], []
-
-        feed = FrameFeed(source.frames(), args.max_frames, live)
-        previous_handler = signal.signal(signal.SIGINT, feed.stop) if live else None
-        scores: list[float] = []
-        n_frames = 0
-        try:
-            with atomic_video(folder / "annotated.mp4", source.fps, layout.size) as writer:
-                desc = "detecting" + (" (pass 2 of 2)" if norm == "video" else "")
-                for p in _progress(predictor.run(feed), total, desc, args.progress):
-                    n_frames += 1
-                    t = feed.times[p.index] if live else p.index / source.fps
-                    if p.psnr is None:
-                        writer.write(render(layout, p, banner_text(p, t, 0, False, n_inputs), BANNER_GREY,
-                                            args.heat_max))
-                        continue
-                    if norm == "video":
-                        if p.index not in score_of:
-                            raise UserError(f"{args.video} changed while it was read (frame {p.index} is new)")
-                        score = float(score_of[p.index])
-                        flagged = score >= args.threshold
-                    else:
-                        score = float(calib.scores([p.psnr])[0])
-                        flagged = bool(calib.flagged([p.psnr], args.fpr)[0])
-                    frames_idx.append(p.index)
-                    psnrs.append(p.psnr)
-                    scores.append(score)
-                    writer.write(render(layout, p, banner_text(p, t, score, flagged, n_inputs),
-                                        BANNER_RED if flagged else BANNER_GREEN, args.heat_max))
-                if not psnrs:
-                    raise UserError(f"{args.video} has {n_frames} frames: at least {cfg.clip_len} are needed to "
-                                    f"predict one (clip_len {cfg.clip_len})")
-        finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
-        seconds = time.perf_counter() - start
-        if norm == "video" and len(psnrs) != len(score_of):
-            raise UserError(f"{args.video} gave {len(psnrs)} predicted frames on the second pass but "
-                            f"{len(score_of)} on the first: the file changed while it was read")
-
-        frames_arr, psnr_arr, score_arr = np.asarray(frames_idx), np.asarray(psnrs), np.asarray(scores)
-        times = np.asarray([feed.times[i] for i in frames_idx]) if live else frames_arr / source.fps
-        if norm == "video":
-            flagged_arr = score_arr >= args.threshold
-            threshold, psnr_threshold = args.threshold, None
-        else:
-            flagged_arr = calib.flagged(psnr_arr, args.fpr)
-            threshold, psnr_threshold = 1.0 - args.fpr, calib.psnr_threshold(args.fpr)
-        events = merge_events(frames_arr, flagged_arr, score_arr, times, int(round(args.gap * source.fps)))
-        labels = labels_for(args.labels, intervals, source.name, n_frames)[frames_arr] if intervals is not None \
-            else None
-
-        # --- files (each written to a temporary name and renamed) ---------------------------------------------
-        from ioutil import atomic_write_text
-
-        atomic_write_text(folder / "scores.csv", scores_csv(frames_arr, times, psnr_arr, score_arr, flagged_arr,
-                                                            labels))
-
-        summary = {
-            "video": args.video, "source_kind": source.kind, "fps": source.fps, "frames": n_frames,
-            "predicted_frames": int(len(frames_arr)), "warm_up_frames": min(n_frames, n_inputs),
-            "checkpoint": str(checkpoint), "img_size": cfg.img_size, "clip_len": cfg.clip_len, "norm": norm,
-            "threshold": threshold, "flagged_frames": int(flagged_arr.sum()), "events": len(events),
-            "merge_gap_s": args.gap, "map_sigma_px": sigma, "seconds": round(seconds, 2),
-            "frames_per_second": round(n_frames / seconds, 2) if seconds > 0 else None,
-            "passes": 2 if norm == "video" else 1, "stopped_by_user": feed.stopped,
-        }
-        if calib is not None:
-            summary.update(fpr=args.fpr, psnr_threshold=psnr_threshold, calibration=str(calib_path),
-                           calibration_source=calib.source, calibration_frames=calib.n_frames,
-                           calibration_optimistic=calib.optimistic)
-        if labels is not None:
-            has_both = 0 < labels.sum() < len(labels)
-            summary.update(labels=args.labels, anomalous_frames=int(labels.sum()),
-                           auc=micro_auc([score_arr], [labels]) if has_both else None,
-                           eer=equal_error_rate(score_arr, labels) if has_both else None)
-        atomic_write_text(folder / "events.json", json.dumps({"video": args.video, "norm": norm,
-                                                              "threshold": threshold, "merge_gap_s": args.gap,
-                                                              "events": events}, indent=2) + "\n")
-        atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
-        title = f"{source.name}: {norm} scores ({checkpoint.stem})"
-        plot_scores(folder / "scores.png", times, score_arr, psnr_arr, threshold, psnr_threshold, events, labels,
-                    title, 1.0 / source.fps)
+        run = set_up(args, source)
+        track = detect_stream(args, source, run)
+        summary = write_outputs(args, source, run, track, intervals)
     finally:
         source.close()
-
-    line = (f"{args.video}: {n_frames} frames ({len(frames_arr)} predicted) in {seconds:.1f} s = "
-            f"{n_frames / max(seconds, 1e-9):.1f} frames/s{' over 2 passes' if norm == 'video' else ''}; "
-            f"{int(flagged_arr.sum())} flagged ({100 * flagged_arr.mean():.1f}%) in {len(events)} events; "
-            f"norm={norm}")
-    if labels is not None:
-        line += ("; " + (f"AUC {100 * summary['auc']:.2f}%, EER {100 * summary['eer']:.2f}%" if summary["auc"]
-                        is not None else "AUC n/a (the labels do not mark both classes among predicted frames)"))
-    print(line)
-    print(f"wrote {folder}/ (annotated.mp4, scores.csv, scores.png, events.json, summary.json)")
+    print(summary_line(args, run, track, summary))
+    print(f"wrote {run.folder}/ (annotated.mp4, scores.csv, scores.png, events.json, summary.json)")
     return 0
 
 

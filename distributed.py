@@ -5,7 +5,7 @@ LOCAL_RANK in every process; :func:`init` then joins the process group with no f
 (each process on ``cuda:LOCAL_RANK``), gloo on the CPU.  Plain ``python train.py`` never calls torch.distributed:
 every helper here is then a no-op (or the plain single-process operation).
 
-What is shared how (README 'Distributed training'):
+What is shared how (docs/distributed.md 'What changes under torchrun'):
 - training: the generator and the discriminator each run under DDP (gradients averaged over the ranks); their
   BatchNorm layers become synchronised BatchNorm (torch's SyncBatchNorm on CUDA, :class:`CPUSyncBatchNorm` here on
   the CPU), so N processes with ``--batch_size=b`` compute what one process computes with a batch of N*b;
@@ -18,16 +18,20 @@ The process group has a timeout (``FFP_DIST_TIMEOUT`` seconds, default 1800): a 
 for a peer gives up with an error instead of hanging.  A dead peer is usually noticed at once (gloo: the
 connection closes) and torchrun stops the remaining workers when one fails.
 
-This module imports torch only inside functions, so that the command lines can check their flags first.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
 import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from errors import UserError
 
@@ -104,16 +108,14 @@ def init(device) -> None:
     """Join torchrun's process group (NCCL for a CUDA device, gloo for the CPU); nothing without torchrun.
 
     ``device`` is the resolved device (runtime.resolve_device gives cuda:LOCAL_RANK under torchrun) or a plain
-    device name (cpu, cuda:N).  On ranks other than 0 standard output goes to /dev/null (progress bars are rank 0's alone: the callers
+    device name (cpu, cuda:N).  On ranks other than 0 standard output goes to /dev/null (progress bars are rank 0's
+    alone: the callers
     pass progress=is_main()), so the console shows one run; errors still reach stderr from every rank.
     """
     global _group
     if _group is not None or not launched():
         return
-    import datetime
 
-    import torch
-    import torch.distributed as dist
 
     device = torch.device(device) if isinstance(device, str) else device
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -143,7 +145,6 @@ def shutdown() -> None:
     """Leave the process group (idempotent); restore standard output."""
     global _group, _saved_stdout
     if _group is not None:
-        import torch.distributed as dist
 
         _group = None
         if dist.is_initialized():
@@ -169,7 +170,6 @@ def process_group(device=None) -> Iterator[None]:
 
 def barrier() -> None:
     if active():
-        import torch.distributed as dist
         dist.barrier()
 
 
@@ -177,7 +177,6 @@ def all_gather_object(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` without a group."""
     if not active():
         return [obj]
-    import torch.distributed as dist
 
     out: list[Any] = [None] * _group.world_size
     dist.all_gather_object(out, obj)
@@ -188,8 +187,6 @@ def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on at least one (the same answer everywhere)."""
     if not active():
         return bool(flag)
-    import torch
-    import torch.distributed as dist
 
     tensor = torch.tensor([1.0 if flag else 0.0], device=_group.device)
     dist.all_reduce(tensor)
@@ -200,7 +197,6 @@ def all_reduce_mean(values):
     """The mean over the ranks of a tensor (same shape everywhere); the tensor itself without a group."""
     if not active():
         return values
-    import torch.distributed as dist
 
     reduced = values.detach().to(_group.device).clone()
     dist.all_reduce(reduced)  # SUM: gloo has no AVG
@@ -211,8 +207,6 @@ def broadcast_module(module) -> None:
     """Make every rank's parameters and buffers bit-identical to rank 0's (one broadcast per dtype)."""
     if not active():
         return
-    import torch
-    import torch.distributed as dist
 
     tensors = list(module.parameters()) + list(module.buffers())
     by_dtype: dict[Any, list] = {}
@@ -280,7 +274,6 @@ def wrap(module, device):
     """DDP around a trained network (the ranks must call it in the same order); the module itself without a group."""
     if not active():
         return module
-    from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -291,7 +284,6 @@ def sync_batchnorm(module, device):
     the state dict is unchanged.  The module itself without a group."""
     if not active():
         return module
-    import torch
 
     if device.type == "cuda":
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
@@ -299,7 +291,6 @@ def sync_batchnorm(module, device):
 
 
 def _convert(module, cls):
-    import torch
 
     out = module
     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, cls):
@@ -323,8 +314,6 @@ def _cpu_sync_bn_class():
     global _CPU_SYNC_BN
     if _CPU_SYNC_BN is not None:
         return _CPU_SYNC_BN
-    import torch
-    import torch.distributed as dist
 
     class _AllReduceSum(torch.autograd.Function):
         """Sum over the ranks, differentiable: the gradient of a sum shared by all ranks is the sum of theirs."""

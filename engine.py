@@ -14,7 +14,7 @@ are kept for resuming), which damps the swings of GAN training between validatio
 last N training videos out of training and selects ``g_best_val_<dataset>.pth`` by their mean PSNR, a rule that
 never looks at test labels (``g_best_auc`` is the official FFP rule, which does).
 
-Under torchrun (distributed.py, README 'Distributed training'): G and D each run under DistributedDataParallel with
+Under torchrun (distributed.py, docs/distributed.md): G and D each run under DistributedDataParallel with
 synchronised BatchNorm, ``--batch_size`` is per process and the global batch is world_size x batch_size: one slice
 of the global shuffled order per rank, so N processes with batch b step exactly like one process with batch N*b
 (up to float rounding).  Learning rates are used as given for the global batch (no scaling with the number of
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
+from tqdm import tqdm
 
 import distributed
 from checkpoint import load_checkpoint, load_weights, resolve_checkpoint, save_checkpoint
@@ -42,7 +43,7 @@ from dataset import ClipSampler, TestSet, TrainClips, VideoSet, to_model_range
 from errors import UserError
 from evaluation import evaluate, predict_psnr_sharded
 from flownet import build_flownet, store_weights_in
-from methods import TrainingContext, method_for
+from methods import TrainingContext, method_for, method_of
 from models import build_discriminator, build_generator, is_trainable
 from runtime import (InterruptLatch, autocast, configure_threads, resolve_amp, resolve_device, rng_state,
                      seed_everything, set_rng_state, signals_held, signals_ignored, use_channels_last, versions)
@@ -51,7 +52,6 @@ from metrics import psnr
 # Fields that define the networks and the data they were trained on: a resumed run cannot change them.
 ARCHITECTURE_FIELDS = fields_of("architecture")
 # What MAMA's Destroyer stage takes from its stage-1 checkpoint unless given again: the generator it trains against.
-STAGE_ONE_FIELDS = fields_of("stage_one")
 
 
 def moving_average(generator: nn.Module, decay: float) -> AveragedModel:
@@ -347,7 +347,6 @@ class Trainer:
     def _print(self, message: str) -> None:
         if self.rank != 0:
             return
-        from tqdm import tqdm
         tqdm.write(message)
 
     def _log(self, losses_: StepLosses) -> None:
@@ -381,8 +380,6 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> TrainSummary:
-        from tqdm import tqdm
-
         cfg = self.cfg
         self._open_writer()
         self.generator.train()
@@ -473,30 +470,19 @@ def load_resume_state(cfg: Config, explicit: set[str]) -> tuple[Config, Optional
 
 
 def stage_two_config(cfg: Config, explicit: set[str]) -> Config:
-    """MAMA's Destroyer stage (--stage=destroyer) trains against the F2LM of ``--pretrained``: it takes that run's
-    generator settings (STAGE_ONE_FIELDS) unless they are given again.  Other configs are returned unchanged."""
-    if cfg.stage != "destroyer" or cfg.resume:
+    """A later stage (``--stage``, e.g. MAMA's Destroyer) starts from the ``--pretrained`` checkpoint of the stage
+    before it: the stage's method builds its config from that checkpoint's (Method.start_config).  A first stage,
+    or a resumed run, is returned unchanged."""
+    if cfg.stage == "generator" or cfg.resume:
         return cfg
-    if not cfg.pretrained:
-        raise UserError("--stage=destroyer trains MAMA's Destroyer against a trained F2LM generator: add "
-                        f"--pretrained=g_best_auc_{cfg.dataset} (the stage-1 checkpoint)")
-    state = load_checkpoint(resolve_checkpoint(cfg.pretrained, cfg.weights_dir))
-    source = config_from_dict(state.get("config", {}))
-    if source.model != "f2lm":
-        raise UserError(f"--pretrained={cfg.pretrained} holds a '{source.model}' generator: MAMA's Destroyer stage "
-                        f"starts from an F2LM checkpoint (train one with --model=f2lm)")
-    # The frozen generator reads what it was trained on: other inputs or sizes would load (same shapes) and mislead.
-    changed = [k for k in STAGE_ONE_FIELDS if k in explicit and getattr(cfg, k) != getattr(source, k)
-               and k != "flownet_weights"]
-    if changed:
-        details = ", ".join(f"--{k}={getattr(cfg, k)} (stage 1: {getattr(source, k)})" for k in changed)
-        raise UserError(f"the Destroyer trains against the stage-1 generator as it was trained: drop {details}")
-    return cfg.replace(**{k: getattr(source, k) for k in STAGE_ONE_FIELDS if k not in explicit})
+
+    def source() -> Config:
+        state = load_checkpoint(resolve_checkpoint(cfg.pretrained, cfg.weights_dir))
+        return config_from_dict(state.get("config", {}))
+
+    return method_of(cfg).start_config(cfg, explicit, source)
 
 
 def resume_note(cfg: Config, explicit: set[str]) -> Optional[str]:
-    """MAMA's README resumes a stage-1 checkpoint to train the Destroyer; here --resume continues the run it names."""
-    if cfg.model == "f2lm" and cfg.stage == "generator" and "stage" not in explicit:
-        return (f"note: --resume={cfg.resume} continues training the F2LM generator (stage 1); MAMA's Destroyer "
-                f"stage is --stage=destroyer --pretrained={cfg.resume}")
-    return None
+    """What the resumed run's method has to say about resuming it (MAMA: how its second stage starts), or None."""
+    return method_of(cfg).resume_note(cfg, explicit) if cfg.stage == "generator" else None

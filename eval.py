@@ -10,7 +10,8 @@ the prepared layout <data_root>/<dataset>/testing/pixel_masks/; --pixel_sigma=<p
 
 CPU speed: --quantize=int8 evaluates an int8 copy of the generator (models/quantize.py), calibrated on 32 clips of
 the training split (no test frame, no label), in place of bf16 autocast: 2.0x the frames per second of the bf16
-default at 256x256 on the project's CPU, but it changes the AUC (README 'Speed' gives Ped2's with and without it),
+default at 256x256 on the project's CPU, but it changes the AUC (docs/speed.md 'int8 evaluation' gives Ped2's with
+and without it),
 so it is opt-in.
 
 Causal score: when the checkpoint has a calibration (<checkpoint stem>.calibration.json, written by detect.py), the
@@ -22,9 +23,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+import torch
+
+import distributed
+from calibration import Calibration, benchmark_rates, calibration_path, file_sha256
+from checkpoint import architecture_conflicts, load_checkpoint, load_networks, resolve_checkpoint
 from cli import parse_command_line
 from config import NON_NEGATIVE, Config, Flag, Range, config_from_dict, fields_of
+from dataset import TestSet, TrainClips, VideoSet, evenly_spaced, to_model_range
 from errors import UserError, run_cli
+from evaluation import evaluate, summary_table, write_results
+from localization import DEFAULT_SIGMA, PixelAccumulator, pixel_mask_source
+from methods import method_for
+from models import build_generator, is_trainable
+from models.quantize import quantize_int8
+from runtime import configure_threads, resolve_amp, resolve_device, use_channels_last
 
 # Flags that may differ from the checkpoint's config at evaluation time (data location, hardware, outputs): the
 # fields of kind "eval_override" in config.py.
@@ -36,8 +50,8 @@ EXTRA_FLAGS = (
     Flag("pixel_masks", str, "", "pixel masks for pixel-level AUC and EER: a folder of <video>.npy, or the official "
          "UCSD Test folder with its Test0NN_gt folders; empty = <data_root>/<dataset>/testing/pixel_masks/ when "
          "present", group="eval.py only"),
-    Flag("pixel_sigma", float, 2.0, "Gaussian smoothing of the pixel-level error map, in pixels of the model's "
-         "resolution (localization.DEFAULT_SIGMA)", group="eval.py only", range=NON_NEGATIVE),
+    Flag("pixel_sigma", float, DEFAULT_SIGMA, "Gaussian smoothing of the pixel-level error map, in pixels of the "
+         "model's resolution (localization.DEFAULT_SIGMA)", group="eval.py only", range=NON_NEGATIVE),
     Flag("fpr", float, 0.01, "target false-alarm rate of the causal detector (when the checkpoint has a "
          "calibration)", group="eval.py only", range=Range(0, 1, low_open=True, high_open=True,
                                                        note="a false-alarm rate such as 0.01")),
@@ -53,11 +67,6 @@ def load_model(cfg: Config, explicit: set[str]):
 
     The checkpoint's config is used, with the evaluation-time flags given (data, hardware, outputs, score) taking
     effect; an architecture flag given explicitly that contradicts the checkpoint is an error, never dropped."""
-    # Deferred, as every torch-side import of this file: torch loads only once the flags are known to be good.
-    from checkpoint import architecture_conflicts, load_checkpoint, load_networks, resolve_checkpoint
-    from methods import method_for
-    from models import build_generator, is_trainable
-
     if not cfg.trained_model and "model" in explicit:
         generator = build_generator(cfg)
         if not is_trainable(generator):
@@ -86,8 +95,6 @@ def calibration_clips(cfg: Config, n_clips: int = CALIBRATION_CLIPS, n_videos: i
     """uint8 (N, clip_len, H, W, 3): ``n_clips`` clips spread evenly over ``n_videos`` training videos (themselves
     spread evenly over the split, so a large training set is not decoded in full): what --quantize=int8 calibrates
     its activation ranges on.  Training frames only: no test frame, no label."""
-    from dataset import TrainClips, VideoSet, evenly_spaced
-
     try:
         clips = TrainClips(VideoSet.load(cfg, "training", max_videos=n_videos), cfg.clip_len)
     except UserError as exc:
@@ -98,9 +105,6 @@ def calibration_clips(cfg: Config, n_clips: int = CALIBRATION_CLIPS, n_videos: i
 
 def calibration_batches(cfg: Config, clips, batch_size: int = 4):
     """The generator inputs of ``clips`` (from calibration_clips), in the model range, ``batch_size`` at a time."""
-    from dataset import to_model_range
-    from methods import method_for
-
     split = method_for(cfg).split
     return [split(to_model_range(clips[lo:lo + batch_size]))[0] for lo in range(0, len(clips), batch_size)]
 
@@ -109,11 +113,6 @@ def causal_rates(checkpoint_name: str, weights_dir: str, result, fpr: float) -> 
     """The causal detector of detect.py on this test set, when the checkpoint has a calibration (made by detect.py
     --norm=causal, or --calibrate): its AUC and, at the target false-alarm rate ``fpr`` (--fpr, 0.01), how many
     normal and anomalous test frames it flags."""
-    import numpy as np
-
-    from calibration import Calibration, benchmark_rates, calibration_path, file_sha256
-    from checkpoint import resolve_checkpoint
-
     checkpoint = resolve_checkpoint(checkpoint_name, weights_dir)
     path = calibration_path(checkpoint)
     if not path.exists():
@@ -134,19 +133,11 @@ def causal_rates(checkpoint_name: str, weights_dir: str, result, fpr: float) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg, explicit, extra = parse_command_line(argv, "eval.py", __doc__, EXTRA_FLAGS)
     quantize = extra["quantize"]
-    import torch  # loads only once the flags are known to be good
-
-    from dataset import TestSet
-    from evaluation import evaluate, summary_table, write_results
-    from localization import DEFAULT_SIGMA, PixelAccumulator, pixel_mask_source
-    from runtime import configure_threads, resolve_amp, resolve_device, use_channels_last
-
     checkpoint_name, weights_dir = cfg.trained_model or f"g_best_auc_{cfg.dataset}", cfg.weights_dir  # as load_model
     cfg, generator, discriminator, run, described = load_model(cfg, explicit)
     configure_threads(cfg)
     device = resolve_device(cfg.device)
-    import distributed  # torchrun: each rank predicts a share of the test videos, rank 0 writes (distributed.py)
-    distributed.init(device)
+    distributed.init(device)  # torchrun: each rank predicts a share of the test videos, rank 0 writes
     baseline = described.startswith("baseline")
     amp = resolve_amp(cfg, device)
     channels_last = use_channels_last(cfg, device)
@@ -161,7 +152,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"with its discriminator: use --quantize=off")
         if "amp" in explicit:
             print(f"note: --amp={cfg.amp} is unused: --quantize=int8 runs int8 kernels in place of autocast")
-        from models.quantize import quantize_int8
         clips = distributed.in_turn(lambda: calibration_clips(cfg))  # torchrun: rank 0 builds the frame cache
         generator = quantize_int8(generator, calibration_batches(cfg, clips), cfg.model)
         amp, channels_last = None, False  # int8 kernels replace autocast; they pick their own memory layout

@@ -1,7 +1,7 @@
 """Predict every test frame, score it, and write the artifacts of an evaluation run.
 
 Used by ``eval.py`` and by the validation step of training, so both give the same numbers.  The method of the
-generator (methods.py) says what its input and target are, which per-frame errors beyond PSNR it needs, and how they
+generator (methods/) says what its input and target are, which per-frame errors beyond PSNR it needs, and how they
 make the anomaly value; that value is then min-max normalised per video (``--score_norm=video``, the FFP protocol)
 or over the whole test set (``global``).  For PSNR with per-video normalisation this is exactly metrics.frame_metrics.
 """
@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 import distributed
 from config import Config
@@ -40,8 +41,6 @@ def predict_psnr(generator: nn.Module, videos: VideoSet, cfg: Config, device: to
                  errors: Optional["FrameErrorCollector"] = None) -> list[np.ndarray]:
     """PSNR of every predicted frame (targets clip_len-1 .. T-1), one array per video, batched over frames.
     ``errors`` keeps the method's other per-frame errors of the same predictions."""
-    from tqdm import tqdm  # deferred: a progress bar only when there is something to show
-
     was_training = generator.training
     generator.eval()
     out = [np.empty(max(0, n - cfg.clip_len + 1), dtype=np.float64) for n in videos.counts]
@@ -219,16 +218,16 @@ def summary_table(result: EvalResult, title: str, pixel=None, pixel_note: str = 
     return "\n".join([title] + [f"  {k:<{width}}  {v}" for k, v in rows])
 
 
-def _pyplot():
+def pyplot():
     """matplotlib's pyplot on the headless Agg backend (no display on servers)."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib loads only when plots are written
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
-def _save_figure(figure, path: Path) -> None:
-    plt = _pyplot()
+def save_figure(figure, path: Path) -> None:
+    plt = pyplot()
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -238,27 +237,27 @@ def _save_figure(figure, path: Path) -> None:
 
 
 def _plot_roc(result: EvalResult, path: Path) -> None:
-    from sklearn.metrics import roc_curve
+    from sklearn.metrics import roc_curve  # deferred: scikit-learn loads in about a second
 
-    plt = _pyplot()
+    plt = pyplot()
     fpr, tpr, _ = roc_curve(np.concatenate(result.labels), np.concatenate(result.scores))
     figure, axis = plt.subplots(figsize=(4.5, 4.5))
     axis.plot(fpr, tpr, label=f"micro AUC {100 * result.metrics.micro_auc:.2f}%")
     axis.plot([0, 1], [0, 1], "--", color="grey", linewidth=0.8)
     axis.set(xlabel="false positive rate", ylabel="true positive rate", title="frame-level ROC")
     axis.legend(loc="lower right")
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def _plot_video(name: str, scores: np.ndarray, labels: np.ndarray, first_frame: int, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     frames = np.arange(first_frame, first_frame + len(scores))
     figure, axis = plt.subplots(figsize=(7, 2.6))
     axis.fill_between(frames, 0, labels, step="mid", color="tab:red", alpha=0.2, label="anomalous (ground truth)")
     axis.plot(frames, scores, color="tab:blue", label="anomaly score")
     axis.set(xlabel="frame", ylabel="score", ylim=(-0.02, 1.02), title=f"test video {name}")
     axis.legend(loc="upper right", fontsize=7)
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def write_results(folder: Path, result: EvalResult, test_set: TestSet, cfg: Config, extra: dict,

@@ -3,7 +3,7 @@
 Used by the dataset (``dataset.TestSet``), the evaluator and localization (pixel masks), detection (interval files)
 and the preparation (``preparation/``).  It imports none of them.
 
-Frame labels, 0/1 per frame of each test video (../shared/DATASETS.md section 3)::
+Frame labels, 0/1 per frame of each test video (docs/data.md 'Label formats')::
 
     <ds>.mat                    ano_pred ``gt``: a 1 x n cell of (2, m) 1-based inclusive intervals
     frame_labels_<ds>.npy       MNAD: every video's labels concatenated, (1, N) or (N,)

@@ -43,6 +43,7 @@ from errors import UserError
 from frames import numbered_files
 from labels import (MASK_EXTENSIONS, PIXEL_MASKS, load_pixel_masks, read_npy_masks, read_ucsd_gt_mask_folder,
                     ucsd_gt_folders)
+from metrics import equal_error_rate
 
 DEFAULT_SIGMA = 2.0  # Gaussian smoothing of the error map, in pixels of the model's resolution
 COVERAGE = 0.4  # the UCSD rule: a frame is detected when >= 40% of its truly anomalous pixels are flagged
@@ -127,7 +128,7 @@ class PixelMetrics:
 
 def pixel_curve(values: Sequence[float], labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(FPR, TPR, thresholds) of the pixel-level criterion from the per-frame values of :func:`frame_value`."""
-    from sklearn.metrics import roc_curve
+    from sklearn.metrics import roc_curve  # deferred: scikit-learn loads in about a second
 
     return roc_curve(np.asarray(labels), np.asarray(values))
 
@@ -135,9 +136,7 @@ def pixel_curve(values: Sequence[float], labels: Sequence[int]) -> tuple[np.ndar
 def pixel_metrics(values: Sequence[float], labels: Sequence[int], coverage: float = COVERAGE,
                   sigma: float = DEFAULT_SIGMA) -> PixelMetrics:
     """Pixel-level AUC (trapezoid over the swept curve) and EER from the per-frame values."""
-    from sklearn.metrics import roc_auc_score
-
-    from metrics import equal_error_rate
+    from sklearn.metrics import roc_auc_score  # deferred: scikit-learn loads in about a second
 
     y, v = np.asarray(labels, dtype=np.int64), np.asarray(values, dtype=np.float64)
     single_class = len(y) == 0 or y.min() == y.max()

@@ -1,4 +1,4 @@
-"""Frame-level evaluation metrics of the FFP protocol, as pure functions (../shared/DATASETS.md section 4).
+"""Frame-level evaluation metrics of the FFP protocol, as pure functions (docs/evaluation.md 'Frame-level protocol').
 
 PSNR per predicted frame (images in [0, 1]) -> per-video min-max normalisation to a regularity score s ->
 anomaly score 1 - s -> micro AUROC over all frames (the published convention), macro AUROC (mean over videos) and

@@ -29,6 +29,14 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
         self._info: dict[str, dict[str, Any]] = {}
 
+    @classmethod
+    def of(cls, kind: str, entries: dict[str, T]) -> "Registry[T]":
+        """A registry holding ``entries`` (for tables of plain values, such as the dataset presets)."""
+        registry: Registry[T] = cls(kind)
+        for name, entry in entries.items():
+            registry.register(name, entry)
+        return registry
+
     def register(self, name: str, obj: T | None = None, **info: Any) -> Callable[[T], T]:
         """``@registry.register("name")`` on a builder or class, or ``registry.register("name", obj)``."""
         def add(entry: T) -> T:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata as md
 import platform
 import random
 import signal
@@ -60,7 +61,7 @@ def resolve_amp(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
 
     auto: on CUDA, bf16 where the GPU supports it, else fp16 (with gradient scaling in the engine).  On the CPU,
     bf16 where the processor runs it natively: bench/speed.py measured it 1.6-1.9x faster than fp32 for FFP on the
-    project's 2-core machine (README 'Speed'), with the same toy AUC; fp32 elsewhere.
+    project's 2-core machine (docs/speed.md 'Compute flags'), with the same toy AUC; fp32 elsewhere.
     """
     choice = cfg.amp
     if choice == "auto":
@@ -188,8 +189,6 @@ def set_rng_state(state: dict) -> None:
 
 
 def versions() -> dict:
-    import importlib.metadata as md
-
     found = {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": np.__version__}
     for package in ("torchvision", "opencv-python-headless", "scikit-learn"):
         try:

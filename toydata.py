@@ -132,7 +132,7 @@ def _intervals(labels: np.ndarray) -> np.ndarray:
 
 def generate(root: Path, seed: int = TOY_SEED) -> None:
     """Write <root>/{training,testing}/frames/NN/NNN.jpg and <root>/toy.mat."""
-    import scipy.io
+    import scipy.io  # deferred: only the toy labels' .mat file needs scipy
 
     rng = np.random.default_rng(seed)
     background = _background(rng)

@@ -1,23 +1,21 @@
 """Train a future-frame-prediction GAN: ``python train.py --dataset=ped2`` (``--help`` lists every flag).
 
 On several GPUs or machines, start it with torchrun (no extra flag): ``torchrun --nproc_per_node=8 train.py
---dataset=shanghai``; ``--batch_size`` is then per process (README 'Distributed training').
+--dataset=shanghai``; ``--batch_size`` is then per process (docs/distributed.md).
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+import distributed
 from cli import parse_args
+from engine import Trainer, load_resume_state, resume_note, stage_two_config
 from errors import run_cli
+from runtime import resolve_device
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg, explicit = parse_args(argv, "train.py", __doc__)
-    # Deferred: torch loads only once the flags are known to be good.
-    import distributed
-    from engine import Trainer, load_resume_state, resume_note, stage_two_config
-    from runtime import resolve_device
-
     cfg, state = load_resume_state(cfg, explicit)
     cfg = stage_two_config(cfg, explicit)
     note = resume_note(cfg, explicit) if state is not None else None

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 
 from errors import UserError
+from frames import FRAME_EXTENSIONS, is_frame, natural_key
+from ioutil import atomic_path
 
 DEFAULT_FOLDER_FPS = 25.0  # a folder of frames has no frame rate: this one unless --fps says otherwise
 
@@ -96,8 +98,6 @@ def _read_first(capture: cv2.VideoCapture, spec: str, kind: str) -> np.ndarray:
 
 def open_source(spec: str, fps: float = 0.0) -> FrameSource:
     """A video file, a folder of frames (natural name order) or a camera index; ``fps`` > 0 overrides the rate."""
-    from dataset import _is_frame, _natural_key, FRAME_EXTENSIONS
-
     path = Path(spec)
     if spec.isdigit() and not path.exists():
         capture = _open_capture(spec, "camera")
@@ -106,7 +106,7 @@ def open_source(spec: str, fps: float = 0.0) -> FrameSource:
         return FrameSource(spec, "camera", f"camera{spec}", float(rate), None, first.shape[1], first.shape[0],
                            _first=first, _capture=capture)
     if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.is_file() and _is_frame(p)), key=_natural_key)
+        files = sorted((p for p in path.iterdir() if p.is_file() and is_frame(p)), key=natural_key)
         if not files:
             raise UserError(f"folder {path} has no frames ({', '.join(FRAME_EXTENSIONS)}): give a folder of images, "
                             f"a video file or a camera index")
@@ -148,8 +148,6 @@ class VideoWriter:
 @contextmanager
 def atomic_video(path: Path, fps: float, size: tuple[int, int]) -> Iterator[VideoWriter]:
     """Write frames to a temporary file beside ``path``; rename it to ``path`` only when the block ends normally."""
-    from ioutil import atomic_path
-
     with atomic_path(path, keep_extension=True) as tmp:
         writer = VideoWriter(tmp, Path(path), fps, size)
         try:

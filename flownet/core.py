@@ -3,7 +3,7 @@
 ``--flownet=flownet2sd`` (FFP's network; weights file needed), ``spynet`` (converted from the authors' .t7 files),
 ``lucaskanade`` (weight-free), ``none`` (no flow loss), or ``auto``: the first of flownet2sd, spynet whose weights
 are present, else no flow loss, said loudly and recorded in the run's config.  (The fallback is ``none`` rather than
-``lucaskanade`` because that is what the Ped2 comparison in the README measured: at the same CPU budget the
+``lucaskanade`` because that is what the Ped2 comparison in docs/flow.md measured: at the same CPU budget the
 weight-free estimator lowered the AUC, while no flow loss matched SPyNet's best.)
 
 One interface for every estimator: ``flow(frames)`` with frames (B, 3, 2, H, W) RGB in [-1, 1] (frame 0 -> frame 1
@@ -90,11 +90,12 @@ def resolve_flownet_name(cfg: Config, fallback: str = FALLBACK, purpose: str = "
             return name
     if fallback == "none":
         print(f"NOTE: --flownet=auto found no FlowNet2-SD or SPyNet weights in {cfg.weights_dir}/: training WITHOUT "
-              f"the flow loss (the weight-free --flownet=lucaskanade exists but scored lower on Ped2; see README "
-              f"'Optical flow' for how to get and convert SPyNet)")
+              f"the flow loss (the weight-free --flownet=lucaskanade exists but scored lower on Ped2; see "
+              f"docs/flow.md 'Getting the weights' for how to get and convert SPyNet)")
     else:
         print(f"NOTE: --flownet=auto found no FlowNet2-SD or SPyNet weights in {cfg.weights_dir}/: {purpose} uses the "
-              f"weight-free --flownet={fallback} (see README 'Optical flow' for how to get and convert SPyNet)")
+              f"weight-free --flownet={fallback} (see docs/flow.md 'Getting the weights' for how to get and convert "
+              f"SPyNet)")
     return fallback
 
 

@@ -2,7 +2,7 @@
 
 Checkpoint: ``FlowNet2-SD_checkpoint.pth.tar`` from NVIDIA's flownet2-pytorch (the FFP ports rename it
 ``FlowNet2-SD.pth``), a ``torch.save`` dict whose ``state_dict`` holds 60 tensors; the key names, shapes, input
-convention and output scale below follow ../shared/weights/FLOWNET2SD.md:
+convention and output scale below follow docs/flow.md 'FlowNet2-SD checkpoint format':
 - input (B, 3, 2, H, W) RGB in 0..255; each sample's per-channel mean over both frames is subtracted, then / 255;
 - six stride-2 stages, so H and W must be multiples of 64 (we resize to the next multiple and rescale the flow);
 - output in eval mode: the 1/4-resolution flow x 20, upsampled x4 bilinearly = pixels at the input resolution.

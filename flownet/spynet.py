@@ -1,6 +1,7 @@
 """SPyNet (Ranjan & Black, "Optical Flow Estimation using a Spatial Pyramid Network", CVPR 2017).
 
-Paper and the authors' Torch7 code (conventions in ../shared/weights/SPYNET.md): a pyramid of small networks, one
+Paper and the authors' Torch7 code (conventions in docs/flow.md 'SPyNet weight format and conventions'): a pyramid of
+small networks, one
 per level, coarse to fine.  Each level's basic module is five 7x7 convolutions, 8 -> 32 -> 64 -> 32 -> 16 -> 2
 channels with ReLU between; its input is [frame 1, frame 2 warped by the upsampled coarser flow, that flow] and it
 predicts a residual added to the flow.  Inputs are RGB in 0..1 normalised with ImageNet mean/std; the pyramid is

@@ -1,6 +1,6 @@
 """MAMA's losses and score (Hong, Ahn, Jo, Park, "Making Anomalies More Anomalous", IEEE Access 12, 2024).
 
-Facts from the authors' code (../shared/METHODS.md), restated:
+Facts from the authors' code (docs/methods.md 'MAMA: authors' code'), restated:
 
 - F2LM generator objective: 1 * intensity (MSE) + 1 * FFP gradient loss + 0.05 * least-squares adversarial
   + 1 * (triplet_motion + triplet_label); no flow loss.

@@ -3,7 +3,7 @@
 Paper, Eq. 1-5: G minimises w_adv * L_adv + w_con * L_con + w_lat * L_lat with L_adv the standard GAN loss, L_con
 = |x - G(x)|_1 and L_lat = |f(x) - f(G(x))|_2 (f: the discriminator's penultimate features); the anomaly score
 (Eq. 6) is A(x) = lambda * R(x) + (1 - lambda) * L(x) with R the reconstruction error, L the latent error, lambda 0.9.
-The authors' code (../shared/METHODS.md section 2): weights 1 / 50 / 1, BCE for L_adv, mean L1 for L_con, MSE for
+The authors' code (docs/methods.md 'Skip-GANomaly'): weights 1 / 50 / 1, BCE for L_adv, mean L1 for L_con, MSE for
 L_lat, and at test time R = mean squared error and L = mean squared feature error per sample, inputs in [-1, 1].
 
 Ours: the authors' code adds the latent loss to D's loss as well (D then also pulls the features of real and fake

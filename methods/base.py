@@ -173,6 +173,15 @@ class Method:
         """The part of ``generator`` that ``--pretrained=name`` (a checkpoint of config ``source``) initialises."""
         return generator
 
+    def start_config(self, cfg: Config, explicit: set[str], source: Callable[[], Config]) -> Config:
+        """A later stage's config (``--stage``), from the config of the checkpoint it starts from (``source()``
+        reads the ``--pretrained`` checkpoint's): by default the config as given."""
+        return cfg
+
+    def resume_note(self, cfg: Config, explicit: set[str]) -> Optional[str]:
+        """A note printed when ``--resume`` continues a run of this method, or None."""
+        return None
+
     def checkpoint_stem(self, kind: str) -> str:
         return self.checkpoint_names.get(kind, kind)
 
@@ -182,14 +191,20 @@ def method_of_model(model: str) -> "Method":
     return METHODS.get(GENERATORS.info(model)["method"])
 
 
+def method_of(cfg: Config) -> "Method":
+    """The method that trains ``cfg.model`` at ``cfg.stage`` (not yet checked against the config)."""
+    method = method_of_model(cfg.model)
+    if cfg.stage == "generator":
+        return method
+    if cfg.stage not in method.stages:
+        raise UserError(f"--stage={cfg.stage} is not a stage of --model={cfg.model} (it has "
+                        f"{', '.join(['generator', *method.stages])})")
+    return METHODS.get(method.stages[cfg.stage])
+
+
 def method_for(cfg: Config) -> "Method":
     """The method of ``cfg.model`` (and ``cfg.stage``), after checking that the config suits it."""
-    method = method_of_model(cfg.model)
-    if cfg.stage != "generator":
-        if cfg.stage not in method.stages:
-            raise UserError(f"--stage={cfg.stage} is not a stage of --model={cfg.model} (it has "
-                            f"{', '.join(['generator', *method.stages]) })")
-        method = METHODS.get(method.stages[cfg.stage])
+    method = method_of(cfg)
     method.check(cfg)
     return method
 

@@ -14,7 +14,7 @@ a_best_val and hold both networks (models/f2lm.MAMA); they start from a stage-1 
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from torch import nn
 
 import losses
 import losses.mama as mama
-from config import Config, score_weights
+from config import Config, fields_of, score_weights
 from errors import UserError
 from methods.base import METHODS, Method, TrainingContext, frozen_discriminator
 from methods.prediction import PredictionMethod
@@ -60,6 +60,13 @@ class F2LMMethod(Method):
 
     def derived_settings(self, cfg: Config) -> dict[str, Any]:
         return dict(weight_decay=cfg.lr_g)  # the authors': 1e-4 on Ped1/2, 2e-4 on Avenue/ShanghaiTech
+
+    def resume_note(self, cfg: Config, explicit: set[str]) -> Optional[str]:
+        """MAMA's README resumes a stage-1 checkpoint to train the Destroyer; here --resume continues the run."""
+        if "stage" in explicit:
+            return None
+        return (f"note: --resume={cfg.resume} continues training the F2LM generator (stage 1); MAMA's Destroyer "
+                f"stage is --stage=destroyer --pretrained={cfg.resume}")
 
     def check(self, cfg: Config) -> None:
         if cfg.model != "f2lm":
@@ -176,6 +183,26 @@ class DestroyerMethod(F2LMMethod):
             raise UserError("--stage=destroyer takes its inputs from the stage-1 checkpoint: pass "
                             "--pretrained=g_best_auc_<dataset> (or --resume=a_latest_<dataset>)")
         return cfg
+
+    def start_config(self, cfg: Config, explicit: set[str], source: Callable[[], Config]) -> Config:
+        """The Destroyer trains against the F2LM of ``--pretrained``: it takes that run's generator settings
+        (config fields of kind stage_one) unless they are given again."""
+        if not cfg.pretrained:
+            raise UserError("--stage=destroyer trains MAMA's Destroyer against a trained F2LM generator: add "
+                            f"--pretrained=g_best_auc_{cfg.dataset} (the stage-1 checkpoint)")
+        stage_one = source()
+        if stage_one.model != "f2lm":
+            raise UserError(f"--pretrained={cfg.pretrained} holds a '{stage_one.model}' generator: MAMA's Destroyer "
+                            f"stage starts from an F2LM checkpoint (train one with --model=f2lm)")
+        # The frozen generator reads what it was trained on: other inputs or sizes would load (same shapes) and
+        # mislead.
+        fields = fields_of("stage_one")
+        changed = [k for k in fields if k in explicit and getattr(cfg, k) != getattr(stage_one, k)
+                   and k != "flownet_weights"]
+        if changed:
+            details = ", ".join(f"--{k}={getattr(cfg, k)} (stage 1: {getattr(stage_one, k)})" for k in changed)
+            raise UserError(f"the Destroyer trains against the stage-1 generator as it was trained: drop {details}")
+        return cfg.replace(**{k: getattr(stage_one, k) for k in fields if k not in explicit})
 
     def pretrained_part(self, generator: nn.Module, source: dict[str, Any], name: str) -> nn.Module:
         """Stage 2 starts from the stage-1 F2LM (inside MAMA), with a fresh Destroyer."""

@@ -105,7 +105,8 @@ class SkipGANomalyMethod(Method):
             _, real = discriminator(target.float())
             _, fake = discriminator(prediction.float())
         discriminator.train(was_training)
-        return {"reconstruction_mse": sg.per_sample_mse(prediction, target), "latent_mse": sg.per_sample_mse(real, fake)}
+        return {"reconstruction_mse": sg.per_sample_mse(prediction, target),
+                "latent_mse": sg.per_sample_mse(real, fake)}
 
     def anomaly_values(self, psnr: list[np.ndarray], extras: dict[str, list[np.ndarray]],
                        cfg: Config) -> list[np.ndarray]:

@@ -1,5 +1,6 @@
 """MAMA's F2LM generator and its Destroyer (Hong, Ahn, Jo, Park, "Making Anomalies More Anomalous", IEEE Access
-12:36712-36726, 2024).  Facts from the authors' code are in ../shared/METHODS.md; what follows restates them.
+12:36712-36726, 2024).  Facts from the authors' code are in docs/methods.md 'MAMA: authors' code'; what follows
+restates them.
 
 F2LM (``--model=f2lm``, stage 1): three encoders of the same shape (double_conv to 64, then max-pool + double_conv to
 128, 256, 512 at 1/8 of the frame size) read the 4 input frames (12 channels), the 3 flows between them (6 channels)

@@ -6,7 +6,8 @@ weights with one scale per output channel, activations with one scale per tensor
 while the float network predicts a few training clips.  Those clips are normal frames of the training split, so
 quantizing sees no test frame and no label.  On the project's 2-core CPU the FFP U-Net at 256x256 predicts 2.0x as
 many frames per second as in bf16 (bench/speed.py), but eight-bit activations cost 1.5-4 dB of prediction PSNR and
-change the AUC (README 'Speed': on Ped2, micro AUC 93.48% -> 92.02% for one checkpoint, 92.66% -> 93.14% for
+change the AUC (docs/speed.md 'int8 evaluation': on Ped2, micro AUC 93.48% -> 92.02% for one checkpoint, 92.66% ->
+93.14% for
 another, macro AUC 1.8-2.5 points lower for both): an opt-in trade, not a default.
 
 The int8 kernels exist for the CPU only, and the network is traced with torch.fx: a generator whose forward pass
@@ -24,17 +25,18 @@ import torch
 from torch import nn
 
 from errors import UserError
+from runtime import cpu_has_vnni
 
 
 def _qconfig_mapping():
+    # Deferred: torch.ao's quantization stack loads only for --quantize=int8.
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping
     from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
 
-    from runtime import cpu_has_vnni
-
     # Full 8-bit activations where VNNI accumulates in 32 bits.  PyTorch's default keeps them to 7 bits
     # (reduce_range) so that the int16 intermediate sums of pre-VNNI AVX2 kernels cannot saturate; on Ped2 that
-    # cost 4.4 dB of prediction PSNR and 2.6 points of micro AUC on one checkpoint (RESULTS.md, "Speed, third
+    # cost 4.4 dB of prediction PSNR and 2.6 points of micro AUC on one checkpoint (docs/speed.md 'int8 evaluation',
+    # "Speed, third
     # version"), so it is kept only where it is needed.
     activation = HistogramObserver.with_args(quant_min=0, quant_max=255, reduce_range=not cpu_has_vnni())
     weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
@@ -51,7 +53,7 @@ def quantize_int8(generator: nn.Module, calibration_inputs: Iterable[torch.Tenso
         warnings.filterwarnings("ignore", message=r"(?s).*torch\.ao\.quantization is deprecated")
         warnings.filterwarnings("ignore", message=r"(?s).*reduce_range will be deprecated")
         warnings.filterwarnings("ignore", message=r"(?s).*quantized tensor creation functions.*are deprecated")
-        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx  # deferred: as above
 
         model = copy.deepcopy(generator).cpu().float().eval().to(memory_format=torch.contiguous_format)
         batches = iter(calibration_inputs)

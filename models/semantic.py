@@ -1,6 +1,7 @@
 """Frozen semantic segmentation for MAMA's F2LM label stream, registered by name (``--semantic=deeplabv3``).
 
-Authors' code (../shared/METHODS.md): torchvision's DeepLabv3-ResNet101 (the COCO-trained weights with the 21
+Authors' code (docs/methods.md 'MAMA: authors' code'): torchvision's DeepLabv3-ResNet101 (the COCO-trained weights
+with the 21
 Pascal VOC classes), its ``out`` logits at the frame's size, one 21-channel map per input frame.
 Fixed, not copied: the authors feed it raw [-1, 1] BGR frames; here it gets what it was trained on, RGB in [0, 1]
 normalised with the ImageNet mean and standard deviation.
@@ -34,7 +35,7 @@ def register_semantic(name: str) -> Callable[[Builder], Builder]:
 
 def deeplab_weights_path() -> Path:
     """Where torchvision caches DeepLabv3-ResNet101's COCO/VOC weights on this machine."""
-    from torchvision.models.segmentation import DeepLabV3_ResNet101_Weights
+    from torchvision.models.segmentation import DeepLabV3_ResNet101_Weights  # deferred: torchvision is heavy
 
     url = DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1.url
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
@@ -61,7 +62,7 @@ def _no_semantic(cfg: Config) -> None:
 
 @register_semantic("deeplabv3")
 def build_deeplabv3(cfg: Config) -> nn.Module:
-    from torchvision.models.segmentation import deeplabv3_resnet101
+    from torchvision.models.segmentation import deeplabv3_resnet101  # deferred: torchvision is heavy
 
     path = deeplab_weights_path()
     if not path.is_file():

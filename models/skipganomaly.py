@@ -4,7 +4,7 @@ Paper: the generator is an encoder-decoder with skip connections between every e
 decoder stage, mapping an image to its reconstruction; the discriminator is DCGAN's, and its penultimate features
 f(.) give the latent loss and the latent part of the anomaly score.
 
-From the authors' code (../shared/METHODS.md section 2), followed here:
+From the authors' code (docs/methods.md 'Skip-GANomaly'), followed here:
 - Generator: pix2pix's U-Net at depth log2(image size) (7 at 128 px, 8 at 256 px), so the bottleneck is 1x1.
   Down: 4x4 stride-2 convolutions, widths ngf, 2 ngf, 4 ngf, then 8 ngf to the bottom; the outermost is a bare
   convolution, the middle ones LeakyReLU(0.2) + conv + BatchNorm, the innermost has no BatchNorm.  Up: ReLU, 4x4
@@ -17,7 +17,8 @@ From the authors' code (../shared/METHODS.md section 2), followed here:
 
 Ours: ``--base_channels`` is ngf and ndf (64 in the authors' code); the discriminator returns the head's logit, not
 its sigmoid, and the losses use BCE-with-logits (the same function, safe under autocast).  The authors add
-``self.noise`` (an unfilled ``torch.empty`` buffer) to G's input; we add nothing (METHODS.md: "use zero noise").
+``self.noise`` (an unfilled ``torch.empty`` buffer) to G's input; we add nothing (docs/methods.md 'Skip-GANomaly':
+"use zero noise").
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from config import Config
+from errors import UserError
 from models.registry import register_discriminator, register_generator
 
 LATENT_SIZE = 100  # nz of the authors' code
@@ -122,7 +124,6 @@ def init_weights(module: nn.Module) -> None:
 
 
 def _check_size(cfg: Config) -> None:
-    from errors import UserError
     if cfg.img_size < 32 or cfg.img_size & (cfg.img_size - 1):
         raise UserError(f"--model=skipganomaly needs a power-of-two --img_size >= 32 (its U-Net goes down to 1x1), "
                         f"got {cfg.img_size}: use 64, 128 or 256")

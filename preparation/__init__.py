@@ -9,7 +9,7 @@
     custom.py      custom: a user's training/ and testing/ videos, optional labels.csv
 
 Each dataset module registers its planner by name in :data:`pipeline.PLANNERS` (a new dataset is one new module
-imported below); ``labels.py`` reads and writes every label and mask format.  ../shared/DATASETS.md section 5
+imported below); ``labels.py`` reads and writes every label and mask format.  docs/data.md 'Official downloads'
 has the official layouts.
 """
 from __future__ import annotations

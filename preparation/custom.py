@@ -26,7 +26,7 @@ def plan_custom(dataset: str, roots: Sequence[Path], opts: Options) -> Plan:
     plan = Plan(dataset)
     if len(roots) != 1 or not roots[0].is_dir():
         raise UserError("custom needs one --src folder holding training/ (normal videos) and testing/ (videos to "
-                        "score), see README 'Data'")
+                        "score), see docs/data.md 'Custom footage'")
     root = roots[0]
     found = False
     for split, names in (("training", ("training", "train")), ("testing", ("testing", "test"))):
@@ -49,5 +49,6 @@ def plan_custom(dataset: str, roots: Sequence[Path], opts: Options) -> Plan:
         plan.label_sources.append(LabelSource(label_file.name, lambda names, counts: dict(
             zip(names, read_label_file(label_file, names, counts)))))
     elif plan.test_counts:
-        plan.notes.append(f"no labels.csv in {root}: frames are prepared but eval.py needs labels (README 'Data')")
+        plan.notes.append(f"no labels.csv in {root}: frames are prepared but eval.py needs labels "
+                          f"(docs/data.md 'Custom footage')")
     return plan

@@ -45,6 +45,7 @@ from typing import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from config import DATASET_ALIASES, canonical_dataset
 from errors import UserError
@@ -546,8 +547,6 @@ def run_parallel(jobs: Sequence, work: Callable, desc: str, opts: Options) -> li
     """``work(job, stop)`` for every job on ``opts.workers`` threads (OpenCV and zlib release the GIL), with a
     progress bar.  A UserError of one job does not stop the others; they are all reported at the end.  Ctrl-C (or
     any other exception) stops every job at its next frame; finished jobs stay finished."""
-    from tqdm import tqdm
-
     stop = threading.Event()
     results, failures = [], []
 

@@ -247,15 +247,6 @@ def test_eval_flag_without_a_value_is_one_line(capsys):
     assert info.value.code == 2 and message.startswith("error: --quantize needs a value") and message.count("\n") == 1
 
 
-def test_pixel_sigma_default_is_the_one_of_localization():
-    import eval as eval_cli
-
-    tree = ast.parse((ROOT / "localization.py").read_text())
-    (value,) = [node.value.value for node in tree.body if isinstance(node, ast.Assign)
-                and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["DEFAULT_SIGMA"]]
-    assert {f.name: f.default for f in eval_cli.EXTRA_FLAGS}["pixel_sigma"] == value
-
-
 @pytest.mark.parametrize("flag, message", [
     ("--gap=nan", "--gap=nan is not valid: a finite number >= 0"),
     ("--heat_max=0", "--heat_max=0.0 is not valid: a finite number > 0"),

@@ -126,15 +126,6 @@ def test_discriminator_is_reinitialised_below_the_threshold(sg_cfg):
     assert abs(float(a.std()) - 0.02) < 0.005
 
 
-def test_resume_continues_exactly(sg_cfg):
-    straight = Trainer(sg_cfg.replace(iters=6), progress=False).fit()
-    Trainer(sg_cfg.replace(iters=3), progress=False).fit()
-    cfg, state = load_resume_state(sg_cfg.replace(iters=6, resume="latest_toy"), explicit={"iters"})
-    assert cfg.model == "skipganomaly" and state["step"] == 3
-    tail = Trainer(cfg, resume_from=state, progress=False).fit().history
-    assert [s.as_dict() for s in tail] == [s.as_dict() for s in straight.history[3:]]
-
-
 def test_trains_and_evaluates_from_the_command_line(sg_cfg, tmp_path):
     flags = cli_flags(sg_cfg) + ["--dataset=toy", "--model=skipganomaly", "--img_size=32", "--base_channels=8"]
     trained = run("train.py", *flags, "--iters=4", "--val_interval=2", "--batch_size=4")

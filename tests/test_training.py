@@ -38,17 +38,6 @@ def test_discriminator_gradients_come_from_the_d_step_only(small_cfg):
     assert all(p.requires_grad for p in trainer.discriminator.parameters())  # D unfrozen again
 
 
-def test_every_parameter_of_g_and_d_receives_gradient(small_cfg):
-    trainer = Trainer(small_cfg, progress=False)
-    before = copy.deepcopy(trainer.generator.state_dict())
-    trainer.train_step(*first_batch(trainer))
-    for net in (trainer.generator, trainer.discriminator):
-        starved = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
-        assert not starved
-    changed = [k for k, v in trainer.generator.state_dict().items() if not torch.equal(v, before[k])]
-    assert changed  # the optimizer stepped
-
-
 def test_flow_loss_alone_reaches_the_generator(small_cfg, tmp_path):
     write_official_flownet2sd(tmp_path / "FlowNet2-SD.pth")
     cfg = small_cfg.replace(flownet="flownet2sd", flownet_weights=str(tmp_path / "FlowNet2-SD.pth"),
@@ -61,17 +50,6 @@ def test_flow_loss_alone_reaches_the_generator(small_cfg, tmp_path):
     assert grad > 0
     assert set(trainer.gt_flow) == {int(i) for i in ids}  # ground-truth flow computed once, kept
     assert not any(p.requires_grad for p in trainer.flownet.parameters())
-
-
-def test_resume_continues_exactly(small_cfg):
-    straight = Trainer(small_cfg.replace(iters=7), progress=False).fit()
-
-    Trainer(small_cfg.replace(iters=4), progress=False).fit()  # saves latest_toy at step 4
-    cfg, state = load_resume_state(small_cfg.replace(iters=7, resume="latest_toy"), explicit={"iters"})
-    assert cfg.iters == 7 and state["step"] == 4
-    resumed = Trainer(cfg, resume_from=state, progress=False)
-    tail = resumed.fit().history
-    assert [s.as_dict() for s in tail] == [s.as_dict() for s in straight.history[4:]]
 
 
 def test_resume_with_ema_continues_exactly(small_cfg):

@@ -2,7 +2,8 @@
 
     python tools/mama_weights.py results/a_best_auc_ped2          (the folder eval.py wrote, or its scores.npz)
 
-The authors' grid (../shared/METHODS.md): motion a + label b + generator c = 5 in steps of 0.1, Destroyer
+The authors' grid (docs/methods.md 'MAMA: authors' code'): motion a + label b + generator c = 5 in steps of 0.1,
+Destroyer
 d in {0.25, 0.5, 0.75, 1}; terms absent from the run (no semantic stream, stage 1 only) are left out.  ``--gaussian``
 adds their gaussian_filter1d(sigma=10) after the per-video min-max (in their README, not in the paper).  The
 fixed-weight AUC (``--score_weights`` of the evaluation, no test labels used) is printed beside the tuned one; report

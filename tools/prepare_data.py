@@ -10,7 +10,7 @@ Writes <data_root>/<dataset>/{training,testing}/frames/<video>/000.jpg ..., the 
 ShanghaiTech's testing/test_frame_mask/) and the pixel masks (testing/pixel_masks/<video>.npy).  Safe to interrupt
 and run again: finished videos are kept, the rest is redone.  The source is only ever read: a --data_root inside a
 --src is refused, and so is a --src already in this layout (it needs no preparation: point --data_root at the folder
-above it).  See README 'Data' and preparation/.
+above it).  See docs/data.md 'Preparing a dataset' and preparation/.
 """
 from __future__ import annotations
 
