@@ -54,7 +54,7 @@ from tqdm import tqdm
 import calibration as cal
 from config import NON_NEGATIVE, POSITIVE, OneLineParser, Range, check_setting, parse_bool
 from dataset import frames_dir
-from errors import UserError, run_cli
+from errors import STOP_SIGNALS, UserError, run_cli
 from evaluation import pyplot, save_figure
 from ioutil import atomic_write_text
 from labels import labels_from_intervals, read_interval_file
@@ -451,7 +451,8 @@ def detect_stream(args: argparse.Namespace, source, run: Run) -> Track:
     score_of = video_scores(args, source, run, total) if run.norm == "video" else None
 
     feed = FrameFeed(source.frames(), args.max_frames, live)
-    previous_handler = signal.signal(signal.SIGINT, feed.stop) if live else None
+    # A camera has no end: Ctrl-C, SIGTERM and SIGHUP end its feed, and the run writes everything it has.
+    previous = {signum: signal.signal(signum, feed.stop) for signum in STOP_SIGNALS} if live else {}
     indices: list[int] = []
     psnrs: list[float] = []
     scores: list[float] = []
@@ -482,8 +483,8 @@ def detect_stream(args: argparse.Namespace, source, run: Run) -> Track:
             if not psnrs:
                 raise too_short(args, n_frames, cfg)
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     seconds = time.perf_counter() - start
     if score_of is not None and len(psnrs) != len(score_of):
         raise UserError(f"{args.video} gave {len(psnrs)} predicted frames on the second pass but "

@@ -24,7 +24,7 @@ console.  The sampler position is global, so a checkpoint resumes under any numb
 from __future__ import annotations
 
 import math
-import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +40,7 @@ import distributed
 from checkpoint import load_checkpoint, load_weights, resolve_checkpoint, save_checkpoint
 from config import Config, config_from_dict, fields_of, write_config
 from dataset import ClipSampler, TestSet, TrainClips, VideoSet, to_model_range
-from errors import UserError
+from errors import STOP_SIGNALS, Interrupted, UserError
 from evaluation import evaluate, predict_psnr_sharded
 from flownet import build_flownet, store_weights_in
 from methods import TrainingContext, method_for, method_of
@@ -52,6 +52,26 @@ from metrics import psnr
 # Fields that define the networks and the data they were trained on: a resumed run cannot change them.
 ARCHITECTURE_FIELDS = fields_of("architecture")
 # What MAMA's Destroyer stage takes from its stage-1 checkpoint unless given again: the generator it trains against.
+
+
+class NonFiniteTraining(UserError):
+    """The losses or weights of a step are NaN or infinite: the run stops before saving anything of it."""
+
+
+def non_finite_parameters(*networks: nn.Module) -> list[str]:
+    """The names of the parameters and buffers of ``networks`` that hold a NaN or an infinity."""
+    return [name for network in networks for name, tensor in (*network.named_parameters(), *network.named_buffers())
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+
+
+def ensure_writable_dir(folder: Path, what_to_do: str) -> None:
+    """Create ``folder`` and prove that a file can be written in it, else one UserError line naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write to {folder} ({exc.strerror or exc}): {what_to_do}") from None
 
 
 def moving_average(generator: nn.Module, decay: float) -> AveragedModel:
@@ -184,6 +204,7 @@ class Trainer:
         self.test_set: Optional[TestSet] = distributed.in_turn(lambda: TestSet.load(cfg)) if cfg.val_interval else None
         self.gt_flow: dict[int, torch.Tensor] = {}
 
+        self.last_saved: Optional[tuple[Path, int]] = None  # (path, step) of the last 'latest' written by this run
         self.step, self.best_auc, self.best_step = 0, -math.inf, -1
         self.best_val_psnr, self.best_val_step = -math.inf, -1
         self.history: list[StepLosses] = []
@@ -271,12 +292,40 @@ class Trainer:
         return Path(self.cfg.weights_dir) / f"{stem}_{self.cfg.dataset}.pth"
 
     def save(self, kind: str) -> Path:
-        """Rank 0 writes (atomically, Ctrl-C and SIGTERM held until the file is complete); other ranks do nothing."""
+        """Rank 0 writes (atomically, the stop signals held until the file is complete); other ranks do nothing.
+        Weights that are no longer finite are never written: the last good checkpoint stays as it was."""
         path = self.checkpoint_path(kind)
-        if self.rank == 0:
-            with signals_held(signal.SIGINT, signal.SIGTERM):
+        if self.rank != 0:
+            return path
+        broken = non_finite_parameters(self.generator, self.discriminator)
+        if broken:
+            raise NonFiniteTraining(f"step {self.step}: {len(broken)} weights are no longer finite (first: "
+                                    f"{broken[0]}); {path} was not written. {self._last_good()}")
+        try:
+            with signals_held(*STOP_SIGNALS):
                 save_checkpoint(path, self.state())
+        except OSError as exc:
+            raise UserError(f"cannot write checkpoint {path} ({exc.strerror or exc}): free some space or choose "
+                            f"another --weights_dir. {self._last_good()}") from None
+        if kind == "latest":
+            self.last_saved = (path, self.step)
         return path
+
+    def _last_good(self) -> str:
+        """Where training can continue from, for the message of a run that stops on an error."""
+        if self.last_saved is None:
+            return "No checkpoint of this run was written before."
+        path, step = self.last_saved
+        return f"The last good checkpoint is {path} (step {step}): continue with --resume={path.stem}."
+
+    def check_finite(self, losses_: "StepLosses") -> None:
+        """The first step whose losses are NaN or infinite stops the run before anything of it is saved."""
+        bad = {name: value for name, value in losses_.as_dict().items() if not math.isfinite(value)}
+        if bad:
+            shown = ", ".join(f"{name}={value}" for name, value in bad.items())
+            raise NonFiniteTraining(f"step {self.step}: the losses are no longer finite ({shown}); training stopped "
+                                    f"and saved nothing of this step. {self._last_good()} Lower the learning rates "
+                                    f"(--lr_g, --lr_d) or keep them from growing (--lr_decay_gamma <= 1)")
 
     # --- one step ---------------------------------------------------------------------------------------------
     def next_clips(self) -> tuple[np.ndarray, torch.Tensor]:
@@ -370,6 +419,15 @@ class Trainer:
         self.writer.add_image("train/predicted_frame", ((prediction[0] + 1) / 2).clamp(0, 1).cpu(), self.step)
         self.writer.add_image("train/target_frame", ((target[0] + 1) / 2).cpu(), self.step)
 
+    def _preflight(self) -> None:
+        """Before the first step: the folders this run writes to exist and take a file, so a typo or a read-only
+        folder is one line now rather than a lost run at the first checkpoint."""
+        if self.rank != 0:
+            return
+        ensure_writable_dir(Path(self.cfg.weights_dir), "choose another --weights_dir")
+        if self.cfg.tensorboard:
+            ensure_writable_dir(self.run_dir, "choose another --log_dir, or --tensorboard=false")
+
     def _open_writer(self) -> None:
         if not self.cfg.tensorboard or self.rank != 0:
             return
@@ -381,6 +439,7 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> TrainSummary:
         cfg = self.cfg
+        self._preflight()
         self._open_writer()
         self.generator.train()
         self.discriminator.train()
@@ -397,10 +456,11 @@ class Trainer:
                     ids, clips = self.next_clips()
                     step_losses = self.train_step(ids, clips)
                     self.step += 1
+                    self.check_finite(step_losses)
                     self.history.append(step_losses)
                     stop = distributed.any_rank(latch.pending)
                 if stop:
-                    raise KeyboardInterrupt
+                    raise Interrupted(latch.signum)
                 bar.update(1)
                 if cfg.log_interval and self.step % cfg.log_interval == 0:
                     shown = {k: f"{v:.4f}" for k, v in step_losses.as_dict().items()
@@ -417,7 +477,7 @@ class Trainer:
                 self.validate()
         except KeyboardInterrupt:
             # Rank 0 saves (no collective here: the other ranks may be gone already); torchrun then ends the job.
-            with signals_ignored(signal.SIGINT):  # torchrun passes the terminal's Ctrl-C on: a second SIGINT
+            with signals_ignored(*STOP_SIGNALS):  # torchrun passes the terminal's Ctrl-C on: a second SIGINT
                 bar.close()
                 path = self.save("latest")
                 self._print(f"interrupted at step {self.step}: saved {path}; continue with --resume={path.stem}")

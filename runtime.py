@@ -15,7 +15,7 @@ import torch
 
 from config import Config
 from distributed import local_rank, local_world_size
-from errors import UserError
+from errors import STOP_SIGNALS, UserError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -137,27 +137,31 @@ def signals_ignored(*signums: int) -> Iterator[None]:
 
 
 class InterruptLatch:
-    """Inside :meth:`holding`, Ctrl-C (SIGINT) only sets :attr:`pending`; the training loop acts on it at the end
-    of a step, so an interrupt never falls between D's and G's updates, and under torchrun every rank stops at the
-    same step (engine.Trainer.fit combines the flags with distributed.any_rank).  Outside the block Ctrl-C raises
-    KeyboardInterrupt as usual."""
+    """Inside :meth:`holding`, a stop signal (Ctrl-C's SIGINT, SIGTERM, SIGHUP: errors.STOP_SIGNALS) only sets
+    :attr:`pending` (and :attr:`signum`); the training loop acts on it at the end of a step, so an interrupt never
+    falls between D's and G's updates, and under torchrun every rank stops at the same step (engine.Trainer.fit
+    combines the flags with distributed.any_rank).  Outside the block the signals act as before."""
 
     def __init__(self) -> None:
         self.pending = False
+        self.signum = int(signal.SIGINT)
 
     def _set(self, signum, frame) -> None:
-        self.pending = True
+        self.pending, self.signum = True, signum
 
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:
-        if not (_main_thread() and _replaceable(signal.SIGINT)):
+        if not _main_thread():
             yield
             return
-        previous = signal.signal(signal.SIGINT, self._set)
+        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS if _replaceable(s)}
+        for signum in previous:
+            signal.signal(signum, self._set)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def seed_everything(seed: int) -> None:

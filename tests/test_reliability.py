@@ -1,0 +1,113 @@
+"""Nothing lost, nothing silent: a run that blows up, folders that cannot be written, and the signals that stop a run
+(SIGTERM from a scheduler, SIGHUP from a closed terminal, SIGINT to a job started in the background)."""
+from __future__ import annotations
+
+import errno
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import checkpoint
+from checkpoint import load_checkpoint
+from conftest import ROOT
+from engine import Trainer
+from errors import UserError
+
+JOB_TIMEOUT_S = 120
+
+
+def all_finite(state: dict) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+def test_a_run_that_blows_up_stops_before_saving_its_nan_weights(small_cfg):
+    # A learning rate multiplied by 1e30 at step 3: the losses are NaN by step 4 (a real run, no mock).
+    cfg = small_cfg.replace(iters=30, save_interval=2, lr_decay_step=3, lr_decay_gamma=1e30)
+    with pytest.raises(UserError, match=r"step 4: the losses are no longer finite \(.*nan.*\).*last good checkpoint "
+                                        r"is .*latest_toy.pth \(step 2\): continue with --resume=latest_toy"):
+        Trainer(cfg, progress=False).fit()
+    state = load_checkpoint(Path(cfg.weights_dir) / "latest_toy.pth")
+    assert state["step"] == 2
+    assert all_finite(state["generator"]) and all_finite(state["discriminator"])
+
+
+def test_non_finite_weights_are_never_written(small_cfg):
+    trainer = Trainer(small_cfg.replace(iters=2, save_interval=1), progress=False)
+    trainer.fit()
+    with torch.no_grad():
+        next(trainer.generator.parameters()).fill_(math.inf)
+    with pytest.raises(UserError, match=r"weights are no longer finite .*latest_toy.pth was not written"):
+        trainer.save("latest")
+    assert all_finite(load_checkpoint(trainer.checkpoint_path("latest"))["generator"])
+
+
+def test_a_weights_dir_that_cannot_be_written_stops_before_the_first_step(small_cfg, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    trainer = Trainer(small_cfg.replace(weights_dir=str(tmp_path / "a_file" / "weights")), progress=False)
+    with pytest.raises(UserError, match=r"cannot write to .*a_file/weights .*choose another --weights_dir"):
+        trainer.fit()
+    assert trainer.step == 0  # nothing trained, nothing lost
+
+
+def test_a_failed_checkpoint_write_names_the_path_and_keeps_the_last_good_one(small_cfg, monkeypatch):
+    trainer = Trainer(small_cfg.replace(iters=6, save_interval=2), progress=False)
+    real_save, calls = checkpoint.save_checkpoint, []
+
+    def disk_full_on_the_second(path, payload):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(path, payload)
+
+    monkeypatch.setattr("engine.save_checkpoint", disk_full_on_the_second)
+    with pytest.raises(UserError, match=r"cannot write checkpoint .*latest_toy.pth \(No space left on device\).*"
+                                        r"last good checkpoint is .*latest_toy.pth \(step 2\)"):
+        trainer.fit()
+    assert load_checkpoint(trainer.checkpoint_path("latest"))["step"] == 2
+    assert [p.name for p in Path(small_cfg.weights_dir).iterdir()] == ["latest_toy.pth"]  # no temporary left
+
+
+def _train_in_background(cfg, ignore_sigint: bool) -> subprocess.Popen:
+    flags = [f"--data_root={cfg.data_root}", f"--cache_dir={cfg.cache_dir}", f"--weights_dir={cfg.weights_dir}",
+             f"--log_dir={cfg.log_dir}", "--dataset=toy", "--img_size=32", "--base_channels=8", "--iters=100000",
+             "--val_interval=0", "--save_interval=2", "--batch_size=2", "--tensorboard=false", "--device=cpu"]
+
+    def start() -> None:  # what `python train.py &` gets from a shell without job control
+        if ignore_sigint:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return subprocess.Popen([sys.executable, "train.py", *flags], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, preexec_fn=start)
+
+
+@pytest.mark.parametrize("signum, ignore_sigint", [(signal.SIGTERM, False), (signal.SIGHUP, False),
+                                                   (signal.SIGINT, True)], ids=["SIGTERM", "SIGHUP", "SIGINT-bg"])
+def test_a_stop_signal_saves_a_whole_step_and_says_how_to_resume(small_cfg, signum, ignore_sigint):
+    weights = Path(small_cfg.weights_dir)
+    process = _train_in_background(small_cfg, ignore_sigint)
+    try:
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while not (weights / "latest_toy.pth").exists():  # training is under way (step 2 saved)
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.05)
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=JOB_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    name = signal.Signals(signum).name
+    assert process.returncode == 128 + signum, stderr[-3000:]
+    assert stderr.strip().endswith(f"interrupted ({name})") and "Traceback" not in stderr
+    lines = [line for line in stdout.splitlines() if line.startswith("interrupted at step")]
+    assert len(lines) == 1, stdout
+    step = int(lines[0].split()[3].rstrip(":"))
+    assert "continue with --resume=latest_toy" in lines[0]
+    assert sorted(p.name for p in weights.iterdir()) == ["latest_toy.pth"]  # no temporary left
+    assert load_checkpoint(weights / "latest_toy.pth")["step"] == step >= 2
