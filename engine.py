@@ -23,12 +23,15 @@ console.  The sampler position is global, so a checkpoint resumes under any numb
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -72,6 +75,30 @@ def ensure_writable_dir(folder: Path, what_to_do: str) -> None:
             pass
     except OSError as exc:
         raise UserError(f"cannot write to {folder} ({exc.strerror or exc}): {what_to_do}") from None
+
+
+@contextlib.contextmanager
+def exclusive_run(weights_dir: Path, dataset: str) -> Iterator[None]:
+    """One training run at a time per weights folder and dataset: a second one would overwrite the first one's
+    checkpoints step after step.  An advisory lock (flock) that the system releases when the process ends, however
+    it ends, so no stale lock can block the next run."""
+    path = weights_dir / f".train_{dataset}.lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise UserError(f"another training run ({owner}) is writing the {dataset} checkpoints in {weights_dir}: "
+                            f"wait for it to end, or pass another --weights_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def moving_average(generator: nn.Module, decay: float) -> AveragedModel:
@@ -438,8 +465,16 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> TrainSummary:
+        """Train to ``cfg.iters`` steps (validating and saving on the way), with the output folders checked first
+        and, on rank 0, this weights folder's lock held."""
+        with contextlib.ExitStack() as stack:
+            self._preflight()
+            if self.rank == 0:
+                stack.enter_context(exclusive_run(Path(self.cfg.weights_dir), self.cfg.dataset))
+            return self._fit()
+
+    def _fit(self) -> TrainSummary:
         cfg = self.cfg
-        self._preflight()
         self._open_writer()
         self.generator.train()
         self.discriminator.train()

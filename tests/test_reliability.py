@@ -16,7 +16,7 @@ import torch
 import checkpoint
 from checkpoint import load_checkpoint
 from conftest import ROOT
-from engine import Trainer
+from engine import Trainer, exclusive_run
 from errors import UserError
 
 JOB_TIMEOUT_S = 120
@@ -71,6 +71,18 @@ def test_a_failed_checkpoint_write_names_the_path_and_keeps_the_last_good_one(sm
         trainer.fit()
     assert load_checkpoint(trainer.checkpoint_path("latest"))["step"] == 2
     assert [p.name for p in Path(small_cfg.weights_dir).iterdir()] == ["latest_toy.pth"]  # no temporary left
+
+
+def test_a_second_run_on_the_same_weights_folder_is_refused(small_cfg):
+    weights = Path(small_cfg.weights_dir)
+    weights.mkdir(parents=True)
+    with exclusive_run(weights, "toy"):  # a first run holds the folder
+        with pytest.raises(UserError, match=r"another training run \(pid \d+\) is writing the toy checkpoints in "
+                                            r".*: wait for it to end, or pass another --weights_dir"):
+            Trainer(small_cfg, progress=False).fit()
+    Trainer(small_cfg.replace(iters=1), progress=False).fit()  # released with the first run, however it ended
+    with exclusive_run(weights, "ped2"):  # another dataset's checkpoints are other files
+        Trainer(small_cfg.replace(iters=1), progress=False).fit()
 
 
 def _train_in_background(cfg, ignore_sigint: bool) -> subprocess.Popen:
