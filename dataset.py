@@ -28,10 +28,11 @@ from tqdm import tqdm
 
 from config import Config
 from errors import UserError
-from frames import FRAME_EXTENSIONS, is_frame, natural_key
+from frames import FRAME_EXTENSIONS, natural_key
 from ioutil import atomic_path
 from labels import find_label_source, load_labels
 from toydata import ensure_toy_dataset
+from video_io import frame_files, frame_size_error, read_image
 
 SPLITS = ("training", "testing")
 
@@ -49,15 +50,23 @@ def frames_dir(cfg: Config, split: str) -> Path:
 
 
 def list_videos(root: Path) -> list[Video]:
-    """Video folders under ``root`` in name order, each with its frames in order. Bad layouts are UserErrors."""
+    """Video folders under ``root`` in name order, each with its frames in order. Bad layouts are UserErrors.
+
+    A video folder that is a symbolic link back to ``root`` or a folder above it (a link loop) is an error naming
+    the link; a frame name that is a broken link or a link loop is an error naming it (video_io.frame_files).
+    """
     if not root.is_dir():
         raise UserError(f"no frames folder at {root}: expected <data_root>/<dataset>/<split>/frames/<video>/"
                         f"<frame>.jpg (set --data_root, or prepare the dataset first; see docs/data.md "
                         f"'Preparing a dataset')")
     videos = []
+    real_root = root.resolve()
     for folder in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                          key=natural_key):
-        frames = tuple(sorted((p for p in folder.iterdir() if is_frame(p)), key=natural_key))
+        if folder.is_symlink() and real_root.is_relative_to(folder.resolve()):
+            raise UserError(f"video folder {folder} is a symbolic link to {folder.resolve()}, which holds it (a link "
+                            f"loop): remove the link")
+        frames = tuple(frame_files(folder))
         if not frames:
             raise UserError(f"video folder {folder} has no frames ({', '.join(FRAME_EXTENSIONS)}): "
                             f"remove it or re-extract the video")
@@ -69,26 +78,45 @@ def list_videos(root: Path) -> list[Video]:
 
 # --- frame cache ----------------------------------------------------------------------------------------------
 
-def decode_frame(path: Path, size: int) -> np.ndarray:
-    """One frame as RGB uint8 (size, size, 3); grey images are expanded to three equal channels."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise UserError(f"cannot read frame {path}: the file is empty or not an image; re-extract this video")
+def _to_rgb_square(image: np.ndarray, size: int) -> np.ndarray:
     if image.shape[:2] != (size, size):
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
     return np.ascontiguousarray(image[:, :, ::-1])
 
 
+def decode_frame(path: Path, size: int) -> np.ndarray:
+    """One frame as RGB uint8 (size, size, 3); grey images are expanded to three equal channels.
+
+    A file that is unreadable, not an image, or a truncated JPEG/PNG is a UserError naming it (video_io.read_image).
+    """
+    return _to_rgb_square(read_image(path), size)
+
+
 def _video_fingerprint(video: Video, size: int) -> str:
     digest = hashlib.sha1(f"{size}".encode())
     for frame in video.frames:
-        stat = frame.stat()
+        try:
+            stat = frame.stat()
+        except OSError as exc:
+            raise UserError(f"cannot read frame {frame} ({exc.strerror or exc}): it changed while the dataset was "
+                            f"read; run again") from None
         digest.update(f"{frame.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:12]
 
 
 def _decode_video(video: Video, size: int, pool: ThreadPoolExecutor) -> np.ndarray:
-    return np.stack(list(pool.map(lambda p: decode_frame(p, size), video.frames)))
+    """The video's frames resized to (T, size, size, 3); frames of different source sizes are a UserError."""
+
+    def decode(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+        image = read_image(path)
+        return image.shape[:2], _to_rgb_square(image, size)
+
+    decoded = list(pool.map(decode, video.frames))
+    first_shape = decoded[0][0]
+    for path, (shape, _) in zip(video.frames, decoded):
+        if shape != first_shape:
+            raise frame_size_error(video.frames[0].parent, video.frames[0], first_shape, path, shape)
+    return np.stack([frame for _, frame in decoded])
 
 
 def cached_frames(videos: Sequence[Video], size: int, cache_root: Path, desc: str = "") -> list[np.ndarray]:

@@ -40,7 +40,6 @@ import csv
 import io
 import json
 import signal
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,16 +51,18 @@ import torch
 from tqdm import tqdm
 
 import calibration as cal
+from autotune import inference_compute
 from config import NON_NEGATIVE, POSITIVE, OneLineParser, Range, check_setting, parse_bool
 from dataset import frames_dir
 from errors import STOP_SIGNALS, UserError, run_cli
 from evaluation import pyplot, save_figure
-from ioutil import atomic_write_text
+from ioutil import atomic_write_text, ensure_writable_dir
 from labels import labels_from_intervals, read_interval_file
 from localization import DEFAULT_SIGMA
+from methods import method_for
 from metrics import anomaly_scores, equal_error_rate, micro_auc
 from predictor import Prediction, StreamPredictor, load_generator as load_stream_generator, to_model_frame  # noqa: F401
-from runtime import configure_threads, resolve_amp, resolve_device, use_channels_last
+from runtime import configure_threads, resolve_device
 from video_io import atomic_video, open_source
 
 BANNER_GREEN = (40, 150, 40)  # BGR
@@ -320,14 +321,7 @@ def prepare_output(args: argparse.Namespace, source, checkpoint: Path) -> Path:
         if source.kind == "camera" and not args.run:
             run += time.strftime("_%Y%m%d-%H%M%S")
         folder = Path(args.results_dir) / run
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise UserError(f"cannot write to output folder {folder} ({exc.strerror or exc}): choose another with "
-                        f"--output or --results_dir") from None
-    return folder
+    return ensure_writable_dir(folder, "to output folder", "choose another with --output or --results_dir")
 
 
 def get_calibration(args, cfg, generator, checkpoint: Path, device, amp_dtype, channels_last, sigma):
@@ -402,8 +396,8 @@ def set_up(args: argparse.Namespace, source) -> Run:
     folder = prepare_output(args, source, checkpoint)
     configure_threads(cfg)
     device = resolve_device(cfg.device)
-    amp_dtype = resolve_amp(cfg, device)
-    channels_last = use_channels_last(cfg, device)
+    amp_dtype, channels_last = inference_compute(cfg, device, method_for(cfg), generator,
+                                                 cfg.eval_batch_size or (32 if device.type == "cuda" else 4))
     generator = generator.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     sigma = DEFAULT_SIGMA if args.sigma is None else args.sigma
     run = Run(cfg, StreamPredictor(generator, cfg, device, amp_dtype, channels_last, sigma), checkpoint, norm,

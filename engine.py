@@ -24,10 +24,10 @@ console.  The sampler position is global, so a checkpoint resumes under any numb
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,16 +40,18 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 import distributed
+from autotune import resolve_compute, sample_inputs, training_step
 from checkpoint import load_checkpoint, load_weights, resolve_checkpoint, save_checkpoint
 from config import Config, config_from_dict, fields_of, write_config
 from dataset import ClipSampler, TestSet, TrainClips, VideoSet, to_model_range
 from errors import STOP_SIGNALS, Interrupted, UserError
 from evaluation import evaluate, predict_psnr_sharded
 from flownet import build_flownet, store_weights_in
+from ioutil import ensure_writable_dir
 from methods import TrainingContext, method_for, method_of
 from models import build_discriminator, build_generator, is_trainable
-from runtime import (InterruptLatch, autocast, configure_threads, resolve_amp, resolve_device, rng_state,
-                     seed_everything, set_rng_state, signals_held, signals_ignored, use_channels_last, versions)
+from runtime import (InterruptLatch, autocast, configure_threads, resolve_device, rng_state, seed_everything,
+                     set_rng_state, signals_held, signals_ignored, versions)
 from metrics import psnr
 
 # Fields that define the networks and the data they were trained on: a resumed run cannot change them.
@@ -67,25 +69,17 @@ def non_finite_parameters(*networks: nn.Module) -> list[str]:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
 
 
-def ensure_writable_dir(folder: Path, what_to_do: str) -> None:
-    """Create ``folder`` and prove that a file can be written in it, else one UserError line naming it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise UserError(f"cannot write to {folder} ({exc.strerror or exc}): {what_to_do}") from None
-
-
 @contextlib.contextmanager
 def exclusive_run(weights_dir: Path, dataset: str) -> Iterator[None]:
     """One training run at a time per weights folder and dataset: a second one would overwrite the first one's
-    checkpoints step after step.  An advisory lock (flock) that the system releases when the process ends, however
-    it ends, so no stale lock can block the next run."""
+    checkpoints step after step.  An advisory lock (flock) on ``.train_<dataset>.lock``, which the system releases
+    when the process ends however it ends (no stale lock blocks the next run); the file goes when the run ends."""
     path = weights_dir / f".train_{dataset}.lock"
     with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not path.exists() or os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
+                raise OSError  # the run that held it removed it as we opened it: a new run has its own by now
         except OSError:
             handle.seek(0)
             owner = handle.read().strip() or "another process"
@@ -98,6 +92,7 @@ def exclusive_run(weights_dir: Path, dataset: str) -> Iterator[None]:
         try:
             yield
         finally:
+            path.unlink(missing_ok=True)  # still holding the lock: whoever opens the name next finds a new file
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
@@ -192,18 +187,21 @@ class Trainer:
         configure_threads(cfg)
         seed_everything(cfg.manualseed)
         self.device = resolve_device(cfg.device)
-        self.amp_dtype = resolve_amp(cfg, self.device)
-        self.channels_last = use_channels_last(cfg, self.device)
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
 
         # self.generator / self.discriminator are the plain modules (state dicts, evaluation, EMA); the train step
         # calls them through DDP when there are several processes (the context's run_generator / run_discriminator).
-        self.generator = build_generator(cfg)
-        if not is_trainable(self.generator):
+        generator, discriminator = build_generator(cfg), build_discriminator(cfg)
+        if not is_trainable(generator):
             raise UserError(f"--model={cfg.model} has no parameters to train: evaluate it with eval.py")
-        self.generator = distributed.sync_batchnorm(self.generator, self.device).to(
-            self.device, memory_format=memory_format)
-        self.discriminator = distributed.sync_batchnorm(build_discriminator(cfg), self.device).to(
+        # --amp/--channels_last auto: timed on copies of these networks (autotune.py), or the flag rule.
+        self.amp_dtype, self.channels_last = resolve_compute(
+            cfg, self.device, "training", self.method,
+            lambda: training_step(copy.deepcopy(generator), copy.deepcopy(discriminator),
+                                  sample_inputs(cfg, self.method, cfg.batch_size), self.method.predict),
+            cfg.batch_size, say=self._print)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.generator = distributed.sync_batchnorm(generator, self.device).to(self.device, memory_format=memory_format)
+        self.discriminator = distributed.sync_batchnorm(discriminator, self.device).to(
             self.device, memory_format=memory_format)
         self.flownet = build_flownet(cfg) if self.method.uses_flow_loss else None
         if self.flownet is not None:
@@ -451,9 +449,9 @@ class Trainer:
         folder is one line now rather than a lost run at the first checkpoint."""
         if self.rank != 0:
             return
-        ensure_writable_dir(Path(self.cfg.weights_dir), "choose another --weights_dir")
+        ensure_writable_dir(self.cfg.weights_dir, "to weights folder", "choose another --weights_dir")
         if self.cfg.tensorboard:
-            ensure_writable_dir(self.run_dir, "choose another --log_dir, or --tensorboard=false")
+            ensure_writable_dir(self.run_dir, "to log folder", "choose another --log_dir, or --tensorboard=false")
 
     def _open_writer(self) -> None:
         if not self.cfg.tensorboard or self.rank != 0:

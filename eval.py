@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 import distributed
+from autotune import inference_compute
 from calibration import Calibration, benchmark_rates, calibration_path, file_sha256
 from checkpoint import architecture_conflicts, load_checkpoint, load_networks, resolve_checkpoint
 from cli import parse_command_line
@@ -34,11 +35,12 @@ from config import NON_NEGATIVE, Config, Flag, Range, config_from_dict, fields_o
 from dataset import TestSet, TrainClips, VideoSet, evenly_spaced, to_model_range
 from errors import UserError, run_cli
 from evaluation import evaluate, summary_table, write_results
+from ioutil import ensure_writable_dir
 from localization import DEFAULT_SIGMA, PixelAccumulator, pixel_mask_source
 from methods import method_for
 from models import build_generator, is_trainable
 from models.quantize import quantize_int8
-from runtime import configure_threads, resolve_amp, resolve_device, use_channels_last
+from runtime import configure_threads, resolve_device
 
 # Flags that may differ from the checkpoint's config at evaluation time (data location, hardware, outputs): the
 # fields of kind "eval_override" in config.py.
@@ -59,6 +61,7 @@ EXTRA_FLAGS = (
          "training clips (changes the AUC)", group="eval.py only", choices=QUANTIZE_CHOICES),
 )
 CALIBRATION_CLIPS = 32
+RESULTS_FIX = "choose another with --results_dir"
 
 
 def load_model(cfg: Config, explicit: set[str]):
@@ -134,13 +137,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg, explicit, extra = parse_command_line(argv, "eval.py", __doc__, EXTRA_FLAGS)
     quantize = extra["quantize"]
     checkpoint_name, weights_dir = cfg.trained_model or f"g_best_auc_{cfg.dataset}", cfg.weights_dir  # as load_model
+    writes = distributed.is_main()  # torchrun: rank 0 writes the results (RANK is known before the group is up)
+    if writes and "results_dir" in explicit:  # before the model loads; without the flag the checkpoint's is used
+        ensure_writable_dir(cfg.results_dir, "results folder", RESULTS_FIX)
     cfg, generator, discriminator, run, described = load_model(cfg, explicit)
+    if writes:  # the run folder write_results fills, proven writable before any frame is predicted
+        ensure_writable_dir(Path(cfg.results_dir) / (f"{run}_int8" if quantize == "int8" else run),
+                            "results folder", RESULTS_FIX)
     configure_threads(cfg)
     device = resolve_device(cfg.device)
     distributed.init(device)  # torchrun: each rank predicts a share of the test videos, rank 0 writes
     baseline = described.startswith("baseline")
-    amp = resolve_amp(cfg, device)
-    channels_last = use_channels_last(cfg, device)
+    if quantize == "int8":  # int8 kernels replace autocast and pick their own layout (below)
+        amp, channels_last = None, False
+    else:
+        amp, channels_last = inference_compute(cfg, device, method_for(cfg), generator,
+                                               cfg.eval_batch_size or (32 if device.type == "cuda" else 4))
     if quantize == "int8":
         if device.type != "cpu":
             raise UserError(f"--quantize=int8 runs on the CPU only (its int8 kernels are CPU kernels): "
@@ -154,7 +166,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"note: --amp={cfg.amp} is unused: --quantize=int8 runs int8 kernels in place of autocast")
         clips = distributed.in_turn(lambda: calibration_clips(cfg))  # torchrun: rank 0 builds the frame cache
         generator = quantize_int8(generator, calibration_batches(cfg, clips), cfg.model)
-        amp, channels_last = None, False  # int8 kernels replace autocast; they pick their own memory layout
         described += f"; int8 (calibrated on {len(clips)} training clips)"
         run += "_int8"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

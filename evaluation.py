@@ -99,15 +99,18 @@ class EvalResult:
     labels: list[np.ndarray]  # labels of the predicted frames only (the first clip_len-1 of each video dropped)
     extras: dict[str, list[np.ndarray]] = field(default_factory=dict)  # the method's other per-frame errors
 
-    def as_dict(self) -> dict:
+    def as_dict(self, names: Optional[Sequence[str]] = None) -> dict:
+        """The frame-level figures of metrics.json.  ``macro_single_class_videos``: the videos the macro AUC could
+        not score (one class only), by name when ``names`` (the test set's, in order) is given, else by index."""
         m = self.metrics
         values, labels = np.concatenate(self.psnr), np.concatenate(self.labels).astype(bool)
+        single = [names[v] if names is not None else v for v in m.macro.single_class_videos]
         # Mean PSNR of normal and of anomalous frames: a reconstruction model that learnt the identity shows as
         # high PSNR on both and no gap (the known failure of skip connections).
         return {
             "micro_auc": m.micro_auc, "macro_auc": m.macro.value, "eer": m.eer,
             "macro_videos_used": m.macro.videos_used,
-            "macro_single_class_videos": list(m.macro.single_class_videos), "macro_rule": m.macro.rule,
+            "macro_single_class_videos": single, "macro_rule": m.macro.rule,
             "n_frames": m.n_frames, "n_anomalous": m.n_anomalous,
             "mean_psnr": float(np.mean(values)),
             "mean_psnr_normal": float(np.mean(values[~labels])) if (~labels).any() else float("nan"),
@@ -264,7 +267,7 @@ def write_results(folder: Path, result: EvalResult, test_set: TestSet, cfg: Conf
                   plots: bool = True) -> None:
     """metrics.json, scores.csv (one row per predicted frame), scores.npz, config.json, roc.png, video_<name>.png."""
     folder.mkdir(parents=True, exist_ok=True)
-    metrics = {**result.as_dict(), **extra, "label_source": str(test_set.label_source)}
+    metrics = {**result.as_dict(test_set.videos.names), **extra, "label_source": str(test_set.label_source)}
     atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     atomic_write_text(folder / "config.json", cfg.to_json() + "\n")
     rows = io.StringIO()

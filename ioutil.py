@@ -1,11 +1,137 @@
-"""Atomic writes: a crash mid-write never leaves a half file under the final name (temp file + os.replace)."""
+"""Atomic writes: a crash mid-write never leaves a half file under the final name (temp file + os.replace).
+
+Permissions: a written file gets what a plain ``open(path, "w")`` gives, 0666 minus the process umask (0644 under
+the usual umask 022), not ``tempfile.mkstemp``'s 0600: the temporary file is created with mode 0666 and the kernel
+applies the umask.  :data:`UMASK` (read once, at import) is the one place the umask is known, for a file made some
+other way (:func:`make_readable`).
+
+Stale temporary files: a process killed mid-write (``kill -9``, power loss) leaves its ``.<name>.<random>...tmp``
+beside the target.  The next write of that same target removes them (:func:`remove_stale_temporaries`).
+
+Writable folders: :func:`ensure_writable_dir` creates a folder and proves it writable before any long computation,
+so a bad output folder is one :class:`errors.UserError` line at start, not a traceback at the end.
+"""
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
+
+from errors import UserError
+
+try:
+    import fcntl  # POSIX: a writer holds a lock on its temporary file, so no cleanup takes it while it is written
+except ImportError:  # Windows: a file open in another process cannot be removed anyway
+    fcntl = None
+
+FILE_MODE = 0o666  # what open(path, "w") asks for; the kernel takes the umask off
+STALE_AFTER_S = 60.0  # a temporary file untouched this long, and not locked by its writer, is left from a crash
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # tempfile's alphabet: earlier versions' names match too
+_NAME_LENGTH = 8
+
+
+def _read_umask() -> int:
+    """The process umask.  Linux (4.7+) reports it in /proc/self/status: a read, no race.  Elsewhere the only way is
+    to set it and put it back (os.umask is process-wide: a thread creating a file in between would get 022), which
+    is why this runs once, at import, before any writer thread exists."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+
+
+def file_mode() -> int:
+    """The permissions a plain ``open()`` gives a new file: 0666 minus the umask (0644 under umask 022)."""
+    return FILE_MODE & ~UMASK
+
+
+def make_readable(path: Path | str) -> None:
+    """Give ``path`` the permissions a plain ``open()`` would have (for a file made with mode 0600, as mkstemp's)."""
+    os.chmod(path, file_mode())
+
+
+def _temporary_pattern(path: Path, suffix: str) -> re.Pattern:
+    """The names of this target's temporary files: ``.<name>.<random>.tmp``, ``.<name>.<random><suffix>.tmp`` and
+    ``.<name>.<random>.tmp<ext>`` (keep_extension).  Another target's never match: the random part is exactly 8
+    characters of tempfile's alphabet, with no dot, and one of these endings follows it at once."""
+    random_part = f"[{re.escape(_NAME_CHARS)}]{{{_NAME_LENGTH}}}"
+    endings = {re.escape(".tmp"), re.escape(suffix + ".tmp"), re.escape(".tmp" + path.suffix)}
+    return re.compile(rf"\.{re.escape(path.name)}\.{random_part}(?:{'|'.join(sorted(endings))})")
+
+
+def _locked_by_another(candidate: Path) -> bool:
+    """Whether a live writer holds the lock ``atomic_path`` keeps on its temporary file (never, without fcntl)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(candidate, os.O_RDWR)  # writable: NFS emulates flock with POSIX locks, which need it
+    except OSError:
+        return True  # vanished or not ours to write: leave it alone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases our probe lock
+    return False
+
+
+def remove_stale_temporaries(path: Path | str, suffix: str = "", older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the temporary files of ``path`` (and of no other target) left by a writer that died: older than
+    ``older_than_s`` and, where locks exist, not locked by a live writer.  Best effort; returns what it removed.
+
+    Why both conditions: the lock alone would race with a writer between creating its file and locking it, and the
+    age alone would take the file of a slow writer that stopped writing for a minute (a camera stream that paused).
+    Two processes writing one target at once is already a user error; this only keeps it from losing a write."""
+    path = Path(path)
+    pattern = _temporary_pattern(path, suffix)
+    removed = []
+    now = time.time()
+    try:
+        with os.scandir(path.parent) as entries:
+            candidates = [entry for entry in entries if pattern.fullmatch(entry.name)]
+    except OSError:
+        return removed
+    for entry in candidates:
+        try:
+            if not entry.is_file(follow_symlinks=False) or now - entry.stat().st_mtime < older_than_s:
+                continue
+            candidate = Path(entry.path)
+            if _locked_by_another(candidate):
+                continue
+            candidate.unlink()
+            removed.append(candidate)
+        except OSError:
+            continue
+    return removed
+
+
+def _create_temporary(path: Path, ending: str) -> tuple[Path, int]:
+    """A new empty file ``.<name>.<random><ending>`` beside ``path``, created with mode 0666 (the kernel applies the
+    umask, as for open()), and its descriptor."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL  # O_EXCL: never an existing file, nor through a symlink
+    for _ in range(tempfile.TMP_MAX):
+        name = "".join(secrets.choice(_NAME_CHARS) for _ in range(_NAME_LENGTH))
+        tmp = path.parent / f".{path.name}.{name}{ending}"
+        try:
+            return tmp, os.open(tmp, flags, FILE_MODE)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 @contextmanager
@@ -13,20 +139,32 @@ def atomic_path(path: Path | str, suffix: str = "", keep_extension: bool = False
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on failure removed.
 
     ``keep_extension``: the temporary name ends with ``path``'s own extension (``.a.mp4.k2j1.tmp.mp4``), for
-    writers that pick the format from the file name (OpenCV's VideoWriter).
+    writers that pick the format from the file name (OpenCV's VideoWriter).  The file gets 0666 minus the umask;
+    stale temporary files of the same target, left by a killed writer, are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path, suffix)
     ending = ".tmp" + path.suffix if keep_extension else suffix + ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ending, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path, fd = _create_temporary(path, ending)
+    lock: Optional[int] = None
+    if fcntl is not None:  # held until the rename: a concurrent cleanup leaves this file alone however long it takes
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock = fd
+        except OSError:
+            pass
+    if lock is None:
+        os.close(fd)  # Windows cannot rename a file that is open
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
@@ -38,3 +176,25 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
+
+def ensure_writable_dir(folder: Path | str, what: str, fix: str) -> Path:
+    """Create ``folder`` (and its parents) and prove it writable with a temporary file, before long work writes
+    into it.  Failing: one UserError line ``cannot write <what> <folder> (<why>): <fix>``."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write {what} {folder} ({_why_not_writable(folder, exc)}): {fix}") from None
+    return folder
+
+
+def _why_not_writable(folder: Path, exc: OSError) -> str:
+    """The reason in words: the file standing where the folder or one of its parents should be, else the error's."""
+    for place in (folder, *folder.parents):
+        if place.exists():
+            if not place.is_dir():
+                return f"{place} is a file, not a folder" if place != folder else "it is a file, not a folder"
+            break
+    return exc.strerror or str(exc)

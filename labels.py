@@ -22,7 +22,6 @@ unpickled, and an unreadable one is a :class:`errors.UserError` naming the file 
 from __future__ import annotations
 
 import csv
-import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -33,17 +32,10 @@ import numpy as np
 from config import Config
 from errors import UserError
 from frames import natural_key, numbered_files
-from ioutil import atomic_path
+from ioutil import atomic_path, make_readable  # make_readable: ioutil owns the umask (read once)
 
 PIXEL_MASKS = "pixel_masks"  # <data_root>/<dataset>/testing/pixel_masks/<video>.npy, uint8 (T, H, W) in {0, 1}
 MASK_EXTENSIONS = (".bmp", ".png", ".tif", ".tiff")  # official UCSD Test0NN_gt masks (.bmp) and re-saved copies
-UMASK = os.umask(0o022)
-os.umask(UMASK)  # read once: atomic writes go through mkstemp (0600); written files get the usual 0644
-
-
-def make_readable(path: Path) -> None:
-    """The permissions a plain ``open()`` would have given (mkstemp's temporary files are 0600)."""
-    os.chmod(path, 0o666 & ~UMASK)
 
 
 # --- .npy files ---------------------------------------------------------------------------------------------------

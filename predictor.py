@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autotune import inference_compute
 from checkpoint import load_checkpoint, load_networks, resolve_checkpoint
 from config import Config, config_from_dict
 from dataset import to_model_range
@@ -31,7 +32,7 @@ from errors import UserError
 from localization import DEFAULT_SIGMA, anomaly_maps
 from methods import method_for
 from metrics import psnr
-from runtime import autocast, configure_threads, resolve_amp, resolve_device, use_channels_last
+from runtime import autocast, configure_threads, resolve_device
 
 
 @dataclass
@@ -102,7 +103,8 @@ class StreamPredictor:
         cfg, generator, path = load_generator(checkpoint, weights_dir, overrides)
         configure_threads(cfg)
         dev = resolve_device(cfg.device)
-        amp_dtype, nhwc = resolve_amp(cfg, dev), use_channels_last(cfg, dev)
+        amp_dtype, nhwc = inference_compute(cfg, dev, method_for(cfg), generator,
+                                            cfg.eval_batch_size or (32 if dev.type == "cuda" else 4))
         generator = generator.to(dev, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
         predictor = cls(generator, cfg, dev, amp_dtype, nhwc, sigma, maps)
         predictor.checkpoint = path

@@ -193,6 +193,64 @@ def test_empty_or_corrupt_frame_names_the_file(tiny_dataset, tmp_path, content):
         VideoSet.load(mini_cfg(tiny_dataset, tmp_path), "training")
 
 
+def _jpeg_of(frame_rgb: np.ndarray) -> bytes:
+    """A JPEG with texture (so a cut removes image data, not padding)."""
+    noise = np.random.default_rng(0).integers(0, 60, frame_rgb.shape, dtype=np.uint8)
+    return cv2.imencode(".jpg", (frame_rgb // 2 + noise)[..., ::-1])[1].tobytes()
+
+
+@pytest.mark.parametrize("cut", ["truncated", "zero-filled"])
+def test_truncated_jpeg_frame_is_an_error_naming_it_and_earlier_videos_stay_cached(tiny_dataset, tmp_path, cut):
+    """libjpeg decodes a cut JPEG with only a nameless warning and a grey bottom: it must be an error instead."""
+    video = tiny_dataset / "mini" / "training" / "frames" / "02"
+    data = _jpeg_of(np.zeros((16, 24, 3), np.uint8))
+    (video / "004.png").unlink()
+    scan = data.rfind(b"\xff\xda")
+    short = data[:(scan + len(data)) // 2]  # cut halfway through the image data
+    (video / "004.jpg").write_bytes(short if cut == "truncated" else short + bytes(len(data) - len(short)))
+    assert cv2.imread(str(video / "004.jpg")) is not None  # what OpenCV does: a grey-filled frame, a nameless warning
+    cfg = mini_cfg(tiny_dataset, tmp_path)
+    with pytest.raises(UserError, match=r"^frame .*02/004\.jpg is truncated \(no JPEG end marker\): re-extract the "
+                                        r"video's frames or remove the file$"):
+        VideoSet.load(cfg, "training")
+    cached = sorted(p.name for p in (tmp_path / "cache" / "mini" / "training").iterdir())
+    assert len(cached) == 1 and cached[0].startswith("01_")  # video 01, decoded before, is kept; no part of 02
+    (video / "004.jpg").write_bytes(data + b"\x00\x00 trailing bytes")  # complete, with bytes after FF D9: fine
+    assert VideoSet.load(cfg, "training").counts == [7, 9]
+
+
+def test_truncated_png_frame_is_named_as_truncated(tiny_dataset, tmp_path):
+    bad = tiny_dataset / "mini" / "training" / "frames" / "02" / "004.png"
+    bad.write_bytes(bad.read_bytes()[:-12])  # the IEND chunk is missing
+    with pytest.raises(UserError, match=r"frame .*02/004\.png is truncated or damaged \(no PNG end chunk\)"):
+        VideoSet.load(mini_cfg(tiny_dataset, tmp_path), "training")
+
+
+def test_frames_of_two_sizes_in_one_video_are_an_error_naming_the_folder(tiny_dataset, tmp_path):
+    video = tiny_dataset / "mini" / "training" / "frames" / "02"
+    for name in ("005.png", "007.png"):  # the cache resizes every frame to 16x16: the source sizes are compared
+        cv2.imwrite(str(video / name), np.zeros((16, 32, 3), np.uint8))
+    with pytest.raises(UserError, match=r"^video folder .*frames/02 has frames of two sizes: 000\.png is 24x16 but "
+                                        r"005\.png \(the first of the other size\) is 32x16: re-extract the video's "
+                                        r"frames at one size$"):
+        VideoSet.load(mini_cfg(tiny_dataset, tmp_path), "training")
+
+
+def test_symlink_loops_in_the_data_folder(tiny_dataset, tmp_path):
+    frames = tiny_dataset / "mini" / "training" / "frames"
+    cfg = mini_cfg(tiny_dataset, tmp_path)
+    (frames / "01" / "loop").symlink_to(frames / "01")  # a loop inside a video folder: not a frame, ignored
+    assert VideoSet.load(cfg, "training").counts == [7, 9]
+    (frames / "loop").symlink_to(frames)  # a "video" that is the frames folder itself
+    with pytest.raises(UserError, match=r"^video folder .*frames/loop is a symbolic link to .*frames, which holds it "
+                                        r"\(a link loop\): remove the link$"):
+        VideoSet.load(cfg, "training")
+    (frames / "loop").unlink()
+    (frames / "02" / "009.png").symlink_to(frames / "02" / "009.png")  # a frame name that links to itself
+    with pytest.raises(UserError, match=r"^frame .*02/009\.png is a broken symbolic link .*: fix or remove the link$"):
+        VideoSet.load(cfg, "training")
+
+
 def test_missing_labels_say_where_they_were_looked_for(tiny_dataset, tmp_path):
     with pytest.raises(UserError, match="no labels found for mini .*pass --labels"):
         TestSet.load(mini_cfg(tiny_dataset, tmp_path))

@@ -299,6 +299,86 @@ def test_bad_videos(world, tmp_path):
     bad(world, tmp_path, "cannot open camera 97", video="97")
 
 
+def test_truncated_or_odd_sized_frame_in_a_folder_is_an_error_and_leaves_no_output(world, tmp_path):
+    frames = world["frames"][:30]
+    truncated = write_folder(tmp_path / "truncated", frames)
+    (truncated / "010.png").unlink()
+    data = cv2.imencode(".jpg", frames[10])[1].tobytes()
+    (truncated / "010.jpg").write_bytes(data[:len(data) // 2])
+    assert cv2.imread(str(truncated / "010.jpg")) is not None  # OpenCV decodes it half grey, with a nameless warning
+    bad(world, tmp_path, r"^frame .*truncated/010\.jpg is truncated \(no JPEG end marker\): re-extract the video's "
+                         r"frames or remove the file$", video=truncated)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.*"))  # nothing that looks complete
+    mixed = write_folder(tmp_path / "mixed", frames)
+    cv2.imwrite(str(mixed / "020.png"), cv2.resize(frames[20], (W // 2, H // 2)))
+    bad(world, tmp_path, rf"^video folder .*mixed has frames of two sizes: 000\.png is {W}x{H} but 020\.png \(the "
+                         rf"first of the other size\) is {W // 2}x{H // 2}: re-extract the video's frames at one size$",
+        video=mixed)
+
+
+def test_folders_without_usable_frames_and_symlink_loops(world, tmp_path):
+    not_images = tmp_path / "not_images"
+    not_images.mkdir()
+    for k in range(6):
+        (not_images / f"{k:03d}.jpg").write_text("not an image")
+    bad(world, tmp_path, r"^cannot read frame .*not_images/000\.jpg: the file is empty or not an image", video=not_images)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_mp4(videos / "cam1.mp4", world["frames"][:5])
+    bad(world, tmp_path, r"folder .*videos has no frames .*, only 1 other file\(s\) \(cam1\.mp4\): give a folder of "
+                         r"images", video=videos)
+    dataset = tmp_path / "dataset"
+    for name in ("01", "02"):
+        write_folder(dataset / name, world["frames"][:5])
+    bad(world, tmp_path, r"folder .*dataset has no frames .* but 2 sub-folder\(s\) \(01, 02\): pass one video's folder",
+        video=dataset)
+    looped = tmp_path / "looped"
+    looped.mkdir()
+    (looped / "loop").symlink_to(looped)
+    bad(world, tmp_path, r"folder .*looped has no frames .* but 1 sub-folder\(s\) \(loop\)", video=looped)
+    broken = write_folder(tmp_path / "broken", world["frames"][:8])
+    (broken / "005.png").unlink()
+    (broken / "005.png").symlink_to(broken / "005.png")  # a frame name linking to itself: no silent gap
+    bad(world, tmp_path, r"^frame .*broken/005\.png is a broken symbolic link", video=broken)
+
+
+def test_container_reporting_more_frames_than_it_has(world, tmp_path):
+    """detect.py reads until the decoder stops: a header's frame count is only the progress bar's total."""
+    path = tmp_path / "long.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (W, H))
+    for frame in world["frames"]:
+        writer.write(frame)
+    writer.release()
+    data = bytearray(path.read_bytes())
+    avih, strh = data.find(b"avih"), data.find(b"strh")
+    data[avih + 24:avih + 28] = (10 * N).to_bytes(4, "little")  # dwTotalFrames
+    data[strh + 40:strh + 44] = (10 * N).to_bytes(4, "little")  # the stream's dwLength
+    path.write_bytes(bytes(data))
+    from video_io import open_source
+    source = open_source(str(path))
+    source.close()
+    assert source.n_frames == 10 * N  # the header claims 800 frames
+    out = tmp_path / "out"
+    assert detect.main(["--video", str(path), "--trained_model", str(world["checkpoint"]), "--output", str(out),
+                        "--progress=true"]) == 0  # the bar's total is 800: it just ends early
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == N and summary["predicted_frames"] == N - 4
+    assert len(read_csv(out / "scores.csv")) == N - 4 and count_frames(out / "annotated.mp4") == N
+
+
+def test_truncated_frame_is_one_line_on_the_command_line(world, tmp_path):
+    folder = write_folder(tmp_path / "frames", world["frames"][:8])
+    data = cv2.imencode(".jpg", world["frames"][3])[1].tobytes()
+    (folder / "003.png").unlink()
+    (folder / "003.jpg").write_bytes(data[:-400])
+    result = subprocess.run([sys.executable, str(ROOT / "detect.py"), f"--video={folder}",
+                             f"--trained_model={world['checkpoint']}", f"--output={tmp_path / 'o'}",
+                             "--progress=false"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "Premature end" not in result.stderr, result.stderr
+    assert "003.jpg is truncated (no JPEG end marker)" in result.stderr
+
+
 def test_bad_checkpoints_and_options(world, tmp_path):
     from models import build_generator
 

@@ -1,0 +1,196 @@
+"""Measured ``--amp=auto`` and ``--channels_last=auto`` on the CPU: the fastest of fp32/bf16 x NCHW/NHWC, timed.
+
+A CPU flag cannot say what is fast: on an AMD EPYC with native bf16, bf16 + NHWC trains 2.9x faster than plain
+fp32, while an Intel Xeon that reports AVX512-BF16 ran bf16 slower than fp32, and fp32 + NHWC was its fastest
+setting (docs/speed.md).  So on first use on a machine, ``auto`` times the candidates on the run's own generator and
+discriminator, at its image size, width and batch (a forward and backward pass of both for training, the
+generator's forward pass for evaluation and detection), for a bounded time, and keeps the fastest.  Plain fp32
+NCHW is kept unless a candidate beats it by more than :data:`MARGIN` (the noise of repeated timings), so the default
+is never slower than plain fp32 by more than the noise.  bf16 is a candidate only where oneDNN reports native bf16
+(emulated bf16 is always slow).
+
+The verdict is cached in a small JSON file (``$FFP_CACHE_DIR`` or ``~/.cache/ffp-vad/autotune.json``), keyed by the
+CPU model, the thread count, the torch version, the purpose, the model and the sizes, written atomically; a corrupt
+file is ignored and rebuilt.  One line says what was chosen and by how much.  A flag given explicitly
+(``--amp=bf16``, ``--channels_last=off``) is used as given and only the other one, if ``auto``, is measured.  On
+CUDA ``auto`` keeps its fixed rule (bf16 where supported, else fp16; NHWC), and ``FFP_AUTOTUNE=off`` restores the
+flag rule on the CPU too (the test suite uses it, so that its numbers do not depend on timings).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+import distributed
+from config import Config
+from ioutil import atomic_write_text
+from runtime import autocast, cpu_has_fast_bf16, resolve_amp, use_channels_last
+
+MARGIN = 1.05  # a candidate must beat plain fp32 NCHW by more than 5% (the spread of repeated timings)
+BUDGET_S = 6.0  # timing budget per choice, warm-up included (more only when one pass is slower than this)
+CACHE_ENV, SWITCH_ENV = "FFP_CACHE_DIR", "FFP_AUTOTUNE"
+Candidate = tuple[Optional[torch.dtype], bool]  # (autocast dtype or None for fp32, channels_last)
+
+
+def cpu_model() -> str:
+    """The processor's model name (Linux /proc/cpuinfo; else what the platform module knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cache_path() -> Path:
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ffp-vad"
+    return Path(root) / "autotune.json"
+
+
+def describe(candidate: Candidate) -> str:
+    dtype, nhwc = candidate
+    return f"{'bf16' if dtype == torch.bfloat16 else 'fp32'} + {'NHWC' if nhwc else 'NCHW'}"
+
+
+def _load_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        print(f"note: the autotune cache {path} is unreadable: measuring again and rewriting it")
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _store(path: Path, cache: dict) -> None:
+    try:
+        atomic_write_text(path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
+    except OSError as exc:  # a read-only home folder costs a measurement next time, nothing more
+        print(f"note: cannot write the autotune cache {path} ({exc.strerror or exc}): the choice is not kept")
+
+
+def candidates(cfg: Config) -> list[Candidate]:
+    """The settings to time, plain fp32 NCHW first, restricted by the flags given explicitly."""
+    dtypes = {"off": [None], "bf16": [torch.bfloat16], "fp16": [torch.float16],
+              "auto": [None, torch.bfloat16] if cpu_has_fast_bf16() else [None]}[cfg.amp]
+    layouts = {"off": [False], "on": [True], "auto": [False, True]}[cfg.channels_last]
+    return [(dtype, nhwc) for dtype in dtypes for nhwc in layouts]
+
+
+def time_candidate(step: Callable[[Candidate], None], candidate: Candidate, deadline: float) -> float:
+    """Median seconds of ``step(candidate)`` after one warm-up call, repeated while the budget lasts (at least 2)."""
+    step(candidate)
+    times: list[float] = []
+    while len(times) < 2 or (len(times) < 5 and time.perf_counter() < deadline):
+        start = time.perf_counter()
+        step(candidate)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def training_step(generator: nn.Module, discriminator: nn.Module, inputs: torch.Tensor, predict) -> Callable:
+    """One forward and backward pass of G and D on ``inputs`` under a candidate's precision and layout."""
+    def step(candidate: Candidate) -> None:
+        dtype, nhwc = candidate
+        fmt = torch.channels_last if nhwc else torch.contiguous_format
+        generator.to(memory_format=fmt)
+        discriminator.to(memory_format=fmt)
+        x = inputs.contiguous(memory_format=fmt)
+        with autocast(torch.device("cpu"), dtype):
+            output = predict(generator, x)[0]
+            judged = discriminator(output)
+        judged = judged[0] if isinstance(judged, tuple) else judged
+        (output.float().mean() + judged.float().mean()).backward()
+        generator.zero_grad(set_to_none=True)
+        discriminator.zero_grad(set_to_none=True)
+    return step
+
+
+def inference_step(generator: nn.Module, inputs: torch.Tensor, predict) -> Callable:
+    @torch.inference_mode()
+    def step(candidate: Candidate) -> None:
+        dtype, nhwc = candidate
+        fmt = torch.channels_last if nhwc else torch.contiguous_format
+        generator.to(memory_format=fmt)
+        with autocast(torch.device("cpu"), dtype):
+            predict(generator, inputs.contiguous(memory_format=fmt))
+    return step
+
+
+def choose(cfg: Config, purpose: str, key_extra: str, make_step: Callable[[], Callable[[Candidate], None]],
+           say: Callable[[str], None] = print) -> Candidate:
+    """The fastest candidate for this purpose ('train' or 'eval') on this CPU: cached, or measured now."""
+    options = candidates(cfg)
+    if len(options) == 1:
+        return options[0]
+    key = "|".join([cpu_model(), f"threads={torch.get_num_threads()}", f"torch={torch.__version__}", purpose,
+                    f"amp={cfg.amp}", f"channels_last={cfg.channels_last}", key_extra])
+    path = cache_path()
+    cache = _load_cache(path)
+    verdict = cache.get(key)
+    if isinstance(verdict, dict) and verdict.get("choice") in [describe(c) for c in options]:
+        chosen = next(c for c in options if describe(c) == verdict["choice"])
+        say(f"auto: {describe(chosen)} for {purpose} (measured on this machine before: {verdict['ratio']:.2f}x plain "
+            f"fp32 NCHW; {path})")
+        return chosen
+    with torch.random.fork_rng(devices=[]):  # the measurement draws no number the run would have drawn
+        step = make_step()
+        deadline = time.perf_counter() + BUDGET_S
+        seconds = {c: time_candidate(step, c, deadline) for c in options}
+    plain = seconds[options[0]]
+    chosen = min(options, key=lambda c: seconds[c])
+    if seconds[chosen] * MARGIN > plain:
+        chosen = options[0]
+    ratio = plain / seconds[chosen]
+    cache[key] = {"choice": describe(chosen), "ratio": round(ratio, 3),
+                  "seconds": {describe(c): round(s, 5) for c, s in seconds.items()}}
+    _store(path, cache)
+    timings = ", ".join(f"{describe(c)} {1000 * s:.0f} ms" for c, s in seconds.items())
+    say(f"auto: {describe(chosen)} for {purpose}, {ratio:.2f}x plain fp32 NCHW ({timings}; measured once on "
+        f"{cpu_model()}, kept in {path})")
+    return chosen
+
+
+def enabled(device: torch.device, cfg: Config) -> bool:
+    """Whether ``auto`` is measured here: on the CPU of a single-process run, unless FFP_AUTOTUNE=off, when a flag
+    is still auto.  (Under torchrun every process must take the same setting: the flag rule decides there.)"""
+    return (device.type == "cpu" and not distributed.launched()
+            and os.environ.get(SWITCH_ENV, "on").lower() not in ("0", "off", "false", "no")
+            and "auto" in (cfg.amp, cfg.channels_last))
+
+
+def sample_inputs(cfg: Config, method, batch: int) -> torch.Tensor:
+    """Random generator inputs of the run's shape (what ``method.split`` makes of a clip), in [-1, 1]."""
+    clip = torch.rand(batch, cfg.clip_len, 3, cfg.img_size, cfg.img_size) * 2 - 1
+    return method.split(clip)[0]
+
+
+def resolve_compute(cfg: Config, device: torch.device, purpose: str, method, make_step: Callable[[], Callable],
+                    batch: int, say: Callable[[str], None] = print) -> Candidate:
+    """(autocast dtype or None, channels_last) for this run: measured where :func:`enabled`, else the flag rule
+    (runtime.resolve_amp, runtime.use_channels_last)."""
+    if not enabled(device, cfg):
+        return resolve_amp(cfg, device), use_channels_last(cfg, device)
+    extra = (f"model={cfg.model}|method={method.name}|discriminator={cfg.discriminator}|width={cfg.base_channels}|"
+             f"size={cfg.img_size}|batch={batch}|clip={cfg.clip_len}")
+    return choose(cfg, purpose, extra, make_step, say)
+
+
+def inference_compute(cfg: Config, device: torch.device, method, generator: nn.Module, batch: int,
+                      say: Callable[[str], None] = print) -> Candidate:
+    """:func:`resolve_compute` for evaluation and detection: the generator's forward pass on ``batch`` frames
+    (the generator is in eval mode and nothing it holds changes)."""
+    generator.eval()
+    return resolve_compute(cfg, device, "evaluation", method,
+                           lambda: inference_step(generator, sample_inputs(cfg, method, batch), method.predict),
+                           batch, say)

@@ -1,0 +1,85 @@
+"""Measured --amp/--channels_last auto (autotune.py): a cached verdict is used, explicit flags skip the measurement,
+a corrupt cache is rebuilt, plain fp32 is kept unless beaten by more than the noise margin, and a real run measures
+once and then reads the cache."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+import autotune
+from config import preset
+from engine import Trainer
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(autotune.SWITCH_ENV, "on")
+    monkeypatch.setattr(autotune, "cpu_has_fast_bf16", lambda: True)  # four candidates on any CPU
+    monkeypatch.setattr(autotune, "BUDGET_S", 0.05)
+    return autotune.cache_path()
+
+
+def sleeper(seconds: dict[str, float], calls: list):
+    """A make_step whose step takes a set time per candidate."""
+    def make():
+        def step(candidate):
+            calls.append(autotune.describe(candidate))
+            time.sleep(seconds[autotune.describe(candidate)])
+        return step
+    return make
+
+
+CFG = preset("toy")
+SLOW_PLAIN = {"fp32 + NCHW": 0.02, "fp32 + NHWC": 0.004, "bf16 + NCHW": 0.01, "bf16 + NHWC": 0.012}
+
+
+def test_the_fastest_is_measured_then_cached_and_reused(cache):
+    calls, lines = [], []
+    chosen = autotune.choose(CFG, "training", "k", sleeper(SLOW_PLAIN, calls), lines.append)
+    assert chosen == (None, True) and set(calls) == set(SLOW_PLAIN)
+    assert lines[0].startswith("auto: fp32 + NHWC for training") and "x plain fp32 NCHW" in lines[0]
+    stored = json.loads(cache.read_text())
+    (key,) = stored
+    assert autotune.cpu_model() in key and f"torch={torch.__version__}" in key and stored[key]["choice"] == "fp32 + NHWC"
+
+    def must_not_measure():
+        raise AssertionError("a cached verdict was measured again")
+    lines.clear()
+    assert autotune.choose(CFG, "training", "k", must_not_measure, lines.append) == (None, True)
+    assert "measured on this machine before" in lines[0]
+
+
+def test_explicit_flags_skip_the_measurement(cache):
+    both = CFG.replace(amp="bf16", channels_last="off")
+    assert autotune.choose(both, "training", "k", lambda: pytest.fail("measured"), print) == (torch.bfloat16, False)
+    assert not cache.exists()
+    calls = []
+    one = CFG.replace(amp="off")  # only the layout is still auto: two candidates, both fp32
+    assert autotune.choose(one, "training", "k", sleeper(SLOW_PLAIN, calls), print) == (None, True)
+    assert set(calls) == {"fp32 + NCHW", "fp32 + NHWC"}
+
+
+def test_a_corrupt_cache_is_ignored_and_rebuilt(cache, capsys):
+    cache.parent.mkdir(parents=True)
+    cache.write_text("{not json")
+    calls = []
+    assert autotune.choose(CFG, "training", "k", sleeper(SLOW_PLAIN, calls), print) == (None, True)
+    assert calls and "unreadable: measuring again" in capsys.readouterr().out
+    assert json.loads(cache.read_text())  # valid again
+
+
+def test_plain_fp32_is_kept_unless_beaten_by_more_than_the_noise(cache):
+    close = {"fp32 + NCHW": 0.010, "fp32 + NHWC": 0.0098, "bf16 + NCHW": 0.0099, "bf16 + NHWC": 0.03}
+    assert autotune.choose(CFG, "training", "k", sleeper(close, []), print) == (None, False)
+
+
+def test_a_real_run_measures_once_and_then_reads_the_cache(cache, small_cfg, capsys):
+    Trainer(small_cfg.replace(iters=1), progress=False).fit()
+    first = capsys.readouterr().out
+    assert "auto: " in first and "for training" in first and "kept in" in first
+    Trainer(small_cfg.replace(iters=1), progress=False)
+    assert "measured on this machine before" in capsys.readouterr().out
