@@ -32,7 +32,7 @@ from torch import nn
 import distributed
 from config import Config
 from ioutil import atomic_write_text
-from runtime import autocast, cpu_has_fast_bf16, resolve_amp, use_channels_last
+from runtime import autocast, cpu_busy, cpu_has_fast_bf16, resolve_amp, use_channels_last
 
 MARGIN = 1.05  # a candidate must beat plain fp32 NCHW by more than 5% (the spread of repeated timings)
 BUDGET_S = 6.0  # timing budget per choice, warm-up included (more only when one pass is slower than this)
@@ -143,6 +143,12 @@ def choose(cfg: Config, purpose: str, key_extra: str, make_step: Callable[[], Ca
         say(f"auto: {describe(chosen)} for {purpose} (measured on this machine before: {verdict['ratio']:.2f}x plain "
             f"fp32 NCHW; {path})")
         return chosen
+    load = cpu_busy()
+    if load is not None:  # timings taken beside other work would be kept as this machine's verdict
+        fallback = resolve_amp(cfg, torch.device("cpu")), use_channels_last(cfg, torch.device("cpu"))
+        say(f"auto: the CPU is busy (load {load:.1f}), so nothing is measured now: {describe(fallback)} by the flag "
+            f"rule for {purpose}; the measurement runs on a quieter start")
+        return fallback
     with torch.random.fork_rng(devices=[]):  # the measurement draws no number the run would have drawn
         step = make_step()
         deadline = time.perf_counter() + BUDGET_S

@@ -394,8 +394,8 @@ def set_up(args: argparse.Namespace, source) -> Run:
         raise UserError("--norm=video needs the whole video (per-video min-max): a camera has none, use "
                         "--norm=causal")
     folder = prepare_output(args, source, checkpoint)
-    configure_threads(cfg)
     device = resolve_device(cfg.device)
+    configure_threads(cfg, device)
     amp_dtype, channels_last = inference_compute(cfg, device, method_for(cfg), generator,
                                                  cfg.eval_batch_size or (32 if device.type == "cuda" else 4))
     generator = generator.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)

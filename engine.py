@@ -184,9 +184,9 @@ class Trainer:
         note = self.method.selection_note(cfg)
         if note and self.rank == 0:
             print(note)
-        configure_threads(cfg)
-        seed_everything(cfg.manualseed)
         self.device = resolve_device(cfg.device)
+        configure_threads(cfg, self.device)
+        seed_everything(cfg.manualseed)
 
         # self.generator / self.discriminator are the plain modules (state dicts, evaluation, EMA); the train step
         # calls them through DDP when there are several processes (the context's run_generator / run_discriminator).

@@ -144,8 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if writes:  # the run folder write_results fills, proven writable before any frame is predicted
         ensure_writable_dir(Path(cfg.results_dir) / (f"{run}_int8" if quantize == "int8" else run),
                             "results folder", RESULTS_FIX)
-    configure_threads(cfg)
     device = resolve_device(cfg.device)
+    configure_threads(cfg, device)
     distributed.init(device)  # torchrun: each rank predicts a share of the test videos, rank 0 writes
     baseline = described.startswith("baseline")
     if quantize == "int8":  # int8 kernels replace autocast and pick their own layout (below)

@@ -101,8 +101,8 @@ class StreamPredictor:
         overrides = dict(device=device, amp=amp, channels_last=channels_last, num_threads=num_threads,
                          eval_batch_size=batch_size)
         cfg, generator, path = load_generator(checkpoint, weights_dir, overrides)
-        configure_threads(cfg)
         dev = resolve_device(cfg.device)
+        configure_threads(cfg, dev)
         amp_dtype, nhwc = inference_compute(cfg, dev, method_for(cfg), generator,
                                             cfg.eval_batch_size or (32 if dev.type == "cuda" else 4))
         generator = generator.to(dev, memory_format=torch.channels_last if nhwc else torch.contiguous_format)

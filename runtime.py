@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import importlib.metadata as md
 import platform
 import random
@@ -84,9 +85,25 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManag
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def configure_threads(cfg: Config) -> None:
+def cpu_busy() -> Optional[float]:
+    """The 1-minute load average when other work already keeps at least half of the cores busy (None otherwise,
+    and where the system does not report it).  Two torch processes that each use every core stall each other:
+    on the project's 2-core machine evaluation fell from 49 to 7-9 frames/s (docs/speed.md)."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+    return load if load >= max(1.0, 0.5 * (os.cpu_count() or 1)) else None
+
+
+def configure_threads(cfg: Config, device: Optional[torch.device] = None) -> None:
+    """--num_threads, and on the CPU a warning when other work already loads it (the default uses every core)."""
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
+    elif (device is None or device.type == "cpu") and (load := cpu_busy()) is not None:
+        print(f"note: the CPU is already busy (load {load:.1f} on {os.cpu_count()} cores) and this run uses "
+              f"{torch.get_num_threads()} threads: two heavy torch processes stall each other; give this one (or the "
+              f"other) --num_threads=1, or wait for the other to end")
 
 
 def _main_thread() -> bool:

@@ -7,7 +7,9 @@ Variants (each on synthetic frames, after warm-up, median of --repeats timed ste
 - fp32:     fp32, NCHW, ground-truth flow cached per clip, evaluation batched (--eval_batch_size);
 - bf16:     as fp32 with bf16 autocast;
 - nhwc:     as fp32 with channels_last;
-- bf16nhwc: both (the CPU default of train.py and eval.py);
+- bf16nhwc: both;
+- default:  what train.py and eval.py pick with --amp=auto --channels_last=auto on this machine (autotune.py:
+            measured once per machine and size, cached; its choice is printed, for training and evaluation apart);
 - int8:     trains as bf16nhwc; evaluates an int8 copy of the generator (eval.py --quantize=int8, models/quantize.py),
             calibrated on 8 random clips (the cost does not depend on the values; its AUC is measured by eval.py).
 Ratios are against plain.  Each variant runs in its own process, so its peak RSS (resident memory, the torch
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import resource
 import statistics
@@ -131,10 +134,48 @@ def generator_gflop_per_frame(cfg) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def step_gflop(cfg, batch: int) -> float:
+    """FLOPs of one training step without the flow loss (G forward and backward, D on real and fake, forward and
+    backward), counted by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    G, D = build_generator(cfg), build_discriminator(cfg)
+    step = make_step(G, D, None, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters()), None, False,
+                     False)
+    with FlopCounterMode(display=False) as counter:
+        step(0, torch.rand(batch, 5, 3, cfg.img_size, cfg.img_size) * 2 - 1)
+    return counter.get_total_flops() / 1e9
+
+
+def default_choice(cfg, batch: int, eval_batch: int) -> tuple:
+    """(training (amp, nhwc), evaluation (amp, nhwc)) that --amp=auto --channels_last=auto give on this machine."""
+    import copy
+
+    from autotune import inference_compute, resolve_compute, sample_inputs, training_step
+    from methods import method_for
+
+    method = method_for(cfg)
+    G, D = build_generator(cfg), build_discriminator(cfg)
+    train = resolve_compute(cfg, torch.device("cpu"), "training", method,
+                            lambda: training_step(copy.deepcopy(G), copy.deepcopy(D),
+                                                  sample_inputs(cfg, method, batch), method.predict), batch,
+                            say=lambda line: print(line, file=sys.stderr))
+    evaluation = inference_compute(cfg, torch.device("cpu"), method, G, eval_batch,
+                                   say=lambda line: print(line, file=sys.stderr))
+    return train, evaluation
+
+
 def run_variant(args, variant: str) -> dict:
-    cfg = preset("ped2").replace(img_size=args.img_size, base_channels=args.base_channels, model=args.model)
+    cfg = preset("ped2").replace(img_size=args.img_size, base_channels=args.base_channels, model=args.model,
+                                 flownet=args.flownet, batch_size=args.batch_size)
     amp = torch.bfloat16 if "bf16" in variant or variant == "int8" else None
     nhwc = "nhwc" in variant or variant == "int8"
+    eval_amp, eval_nhwc, chosen = amp, nhwc, ""
+    if variant == "default":
+        (amp, nhwc), (eval_amp, eval_nhwc) = default_choice(cfg.replace(flownet="none"), args.batch_size,
+                                                            args.eval_batch_size)
+        from autotune import describe
+        chosen = f"training {describe((amp, nhwc))}, evaluation {describe((eval_amp, eval_nhwc))}"
     flow = None
     if args.flownet != "none":
         try:
@@ -166,11 +207,12 @@ def run_variant(args, variant: str) -> dict:
     if variant == "int8":
         from models.quantize import quantize_int8
         calibration = [torch.rand(2, 3 * cfg.n_inputs, args.img_size, args.img_size) * 2 - 1 for _ in range(4)]
-        G, amp, nhwc = quantize_int8(G, calibration, cfg.model), None, False
-    eval_fps(G, args.img_size, batch, batch, amp, nhwc)  # warm-up at the timed batch shape
-    fps = eval_fps(G, args.img_size, args.eval_frames, batch, amp, nhwc)
+        G, eval_amp, eval_nhwc = quantize_int8(G, calibration, cfg.model), None, False
+    G = G.to(memory_format=torch.channels_last if eval_nhwc else torch.contiguous_format)
+    eval_fps(G, args.img_size, batch, batch, eval_amp, eval_nhwc)  # warm-up at the timed batch shape
+    fps = eval_fps(G, args.img_size, args.eval_frames, batch, eval_amp, eval_nhwc)
     return {"variant": variant, "seconds": statistics.median(times), "fps": fps, "rss": peak_rss_gib(),
-            "rss_built": rss_built}
+            "rss_built": rss_built, "chosen": chosen}
 
 
 def main() -> None:
@@ -184,7 +226,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--eval_frames", type=int, default=32)
     parser.add_argument("--eval_batch_size", type=int, default=4)
-    parser.add_argument("--variants", default="plain,fp32,bf16,nhwc,bf16nhwc,int8")
+    parser.add_argument("--variants", default="plain,fp32,bf16,nhwc,bf16nhwc,default,int8")
     parser.add_argument("--mmap_threshold", type=int, default=0,
                         help="bytes: glibc serves every allocation at least this big with its own mmap, returned to "
                              "the system when freed (lower peak RSS, more page faults); 0 = glibc's dynamic default")
@@ -198,12 +240,15 @@ def main() -> None:
 
     cfg = preset("ped2").replace(img_size=args.img_size, base_channels=args.base_channels, model=args.model)
     gflop = generator_gflop_per_frame(cfg)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.img_size}x{args.img_size}, "
+    train_gflop = step_gflop(cfg, args.batch_size)
+    from autotune import cpu_model
+    print(f"{cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{args.img_size}x{args.img_size}, "
           f"batch {args.batch_size}, {args.model} base width {args.base_channels}, flow {args.flownet}; "
           f"{sum(p.numel() for p in build_generator(cfg).parameters()):,} generator parameters, "
-          f"{gflop:.1f} GFLOP per predicted frame")
-    print(f"matrix-multiply peak of this machine (2048^2): fp32 {matmul_peak_gflops(torch.float32):.0f} GFLOP/s, "
-          f"bf16 {matmul_peak_gflops(torch.bfloat16):.0f} GFLOP/s")
+          f"{gflop:.1f} GFLOP per predicted frame, {train_gflop:.0f} GFLOP per training step (no flow loss)")
+    peak32, peak16 = matmul_peak_gflops(torch.float32), matmul_peak_gflops(torch.bfloat16)
+    print(f"matrix-multiply rate of this machine (2048^2): fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
     if args.flownet == "flownet2sd" and not any((Path(args.weights_dir) / f).is_file()
                                                 for f in ("FlowNet2-SD.pth", "FlowNet2-SD_checkpoint.pth.tar")):
         print("note: no FlowNet2-SD weights: timing a randomly initialised FlowNet2-SD (same cost)")
@@ -217,15 +262,19 @@ def main() -> None:
             sys.exit(f"variant {variant} failed:\n{done.stderr[-2000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"  {variant:8s} {r['seconds']:.3f} s/step  {r['fps']:.1f} eval frames/s  peak RSS {r['rss']:.2f} GiB",
-              flush=True)
+        print(f"  {variant:8s} {r['seconds']:.3f} s/step  {r['fps']:.1f} eval frames/s  peak RSS {r['rss']:.2f} GiB"
+              + (f"  ({r['chosen']})" if r["chosen"] else ""), flush=True)
 
     base_step, base_fps = rows[0]["seconds"], rows[0]["fps"]
-    print("\n| variant | s/step | train x | eval frames/s | eval x | eval GFLOP/s | peak RSS GiB "
-          "| peak RSS before step 1 |\n|---|---|---|---|---|---|---|---|")
+    print(f"\nRatios against the first variant ({rows[0]['variant']}); GFLOP/s against the matmul rate above "
+          f"(fp32 {peak32:.0f}, bf16 {peak16:.0f}).")
+    print("| variant | s/step | train x | train GFLOP/s | eval frames/s | eval x | eval GFLOP/s | peak RSS GiB "
+          "| peak RSS before step 1 |\n|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['seconds']:.3f} | {base_step / r['seconds']:.2f} | {r['fps']:.1f} | "
-              f"{r['fps'] / base_fps:.2f} | {r['fps'] * gflop:.0f} | {r['rss']:.2f} | {r['rss_built']:.2f} |")
+        name = f"{r['variant']} ({r['chosen']})" if r["chosen"] else r["variant"]
+        print(f"| {name} | {r['seconds']:.3f} | {base_step / r['seconds']:.2f} | {train_gflop / r['seconds']:.0f} | "
+              f"{r['fps']:.1f} | {r['fps'] / base_fps:.2f} | {r['fps'] * gflop:.0f} | {r['rss']:.2f} | "
+              f"{r['rss_built']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv(autotune.SWITCH_ENV, "on")
     monkeypatch.setattr(autotune, "cpu_has_fast_bf16", lambda: True)  # four candidates on any CPU
     monkeypatch.setattr(autotune, "BUDGET_S", 0.05)
+    monkeypatch.setattr(autotune, "cpu_busy", lambda: None)  # the suite itself keeps the CPU busy
     return autotune.cache_path()
 
 
@@ -75,6 +76,25 @@ def test_a_corrupt_cache_is_ignored_and_rebuilt(cache, capsys):
 def test_plain_fp32_is_kept_unless_beaten_by_more_than_the_noise(cache):
     close = {"fp32 + NCHW": 0.010, "fp32 + NHWC": 0.0098, "bf16 + NCHW": 0.0099, "bf16 + NHWC": 0.03}
     assert autotune.choose(CFG, "training", "k", sleeper(close, []), print) == (None, False)
+
+
+def test_a_busy_cpu_is_not_measured_and_nothing_is_kept(cache, monkeypatch):
+    monkeypatch.setattr(autotune, "cpu_busy", lambda: 3.5)
+    lines = []
+    chosen = autotune.choose(CFG, "training", "k", lambda: pytest.fail("measured on a busy CPU"), lines.append)
+    assert chosen == (torch.bfloat16, True)  # the flag rule (native bf16, as the fixture says)
+    assert "the CPU is busy (load 3.5)" in lines[0] and not cache.exists()
+
+
+def test_a_busy_cpu_is_said_at_the_start(monkeypatch, capsys):
+    import runtime
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (2.0, 1.0, 1.0))
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    runtime.configure_threads(preset("toy"))
+    assert "the CPU is already busy (load 2.0 on 2 cores)" in capsys.readouterr().out
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (0.2, 1.0, 1.0))
+    runtime.configure_threads(preset("toy"))
+    assert capsys.readouterr().out == ""
 
 
 def test_a_real_run_measures_once_and_then_reads_the_cache(cache, small_cfg, capsys):
