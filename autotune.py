@@ -146,8 +146,8 @@ def choose(cfg: Config, purpose: str, key_extra: str, make_step: Callable[[], Ca
     load = cpu_busy()
     if load is not None:  # timings taken beside other work would be kept as this machine's verdict
         fallback = resolve_amp(cfg, torch.device("cpu")), use_channels_last(cfg, torch.device("cpu"))
-        say(f"auto: the CPU is busy (load {load:.1f}), so nothing is measured now: {describe(fallback)} by the flag "
-            f"rule for {purpose}; the measurement runs on a quieter start")
+        say(f"auto: the CPU is busy (other processes use {load:.1f} cores), so nothing is measured now: "
+            f"{describe(fallback)} by the flag rule for {purpose}; the measurement runs on a quieter start")
         return fallback
     with torch.random.fork_rng(devices=[]):  # the measurement draws no number the run would have drawn
         step = make_step()

@@ -8,6 +8,7 @@ import platform
 import random
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import ContextManager, Iterator, Optional
 
@@ -85,15 +86,31 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManag
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def cpu_busy() -> Optional[float]:
-    """The 1-minute load average when other work already keeps at least half of the cores busy (None otherwise,
-    and where the system does not report it).  Two torch processes that each use every core stall each other:
-    on the project's 2-core machine evaluation fell from 49 to 7-9 frames/s (docs/speed.md)."""
+def other_cpu_load(interval: float = 0.25) -> Optional[float]:
+    """How many cores other processes keep busy right now: the machine's busy time (Linux /proc/stat) over
+    ``interval`` seconds less this process's own, per second; None where the system does not report it.  (Not
+    the load average: it still counts, for a minute, work that has just ended.)"""
+    def busy_ticks() -> int:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return sum(values) - values[3] - values[4]  # all but idle and iowait (guest time is inside user)
+
     try:
-        load = os.getloadavg()[0]
-    except (OSError, AttributeError):
+        hz = os.sysconf("SC_CLK_TCK")
+        start, own_start, busy_start = time.monotonic(), sum(os.times()[:2]), busy_ticks()
+        time.sleep(interval)
+        seconds = time.monotonic() - start
+        busy = (busy_ticks() - busy_start) / hz - (sum(os.times()[:2]) - own_start)
+    except (OSError, ValueError, IndexError, AttributeError):
         return None
-    return load if load >= max(1.0, 0.5 * (os.cpu_count() or 1)) else None
+    return max(0.0, busy / seconds)
+
+
+def cpu_busy() -> Optional[float]:
+    """The cores other processes keep busy, when that is at least half of them (None otherwise, and where the
+    system does not say).  Two torch processes that each use every core stall each other: on the project's
+    2-core machine evaluation fell from 49 to 7-9 frames/s (docs/speed.md)."""
+    load = other_cpu_load()
+    return load if load is not None and load >= max(1.0, 0.5 * (os.cpu_count() or 1)) - 0.25 else None
 
 
 def configure_threads(cfg: Config, device: Optional[torch.device] = None) -> None:
@@ -101,9 +118,9 @@ def configure_threads(cfg: Config, device: Optional[torch.device] = None) -> Non
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     elif (device is None or device.type == "cpu") and (load := cpu_busy()) is not None:
-        print(f"note: the CPU is already busy (load {load:.1f} on {os.cpu_count()} cores) and this run uses "
-              f"{torch.get_num_threads()} threads: two heavy torch processes stall each other; give this one (or the "
-              f"other) --num_threads=1, or wait for the other to end")
+        print(f"note: the CPU is already busy (other processes use {load:.1f} of {os.cpu_count()} cores) and this "
+              f"run uses {torch.get_num_threads()} threads: two heavy torch processes stall each other; give this "
+              f"one (or the other) --num_threads=1, or wait for the other to end")
 
 
 def _main_thread() -> bool:

@@ -83,16 +83,16 @@ def test_a_busy_cpu_is_not_measured_and_nothing_is_kept(cache, monkeypatch):
     lines = []
     chosen = autotune.choose(CFG, "training", "k", lambda: pytest.fail("measured on a busy CPU"), lines.append)
     assert chosen == (torch.bfloat16, True)  # the flag rule (native bf16, as the fixture says)
-    assert "the CPU is busy (load 3.5)" in lines[0] and not cache.exists()
+    assert "the CPU is busy (other processes use 3.5 cores)" in lines[0] and not cache.exists()
 
 
 def test_a_busy_cpu_is_said_at_the_start(monkeypatch, capsys):
     import runtime
-    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (2.0, 1.0, 1.0))
+    monkeypatch.setattr(runtime, "other_cpu_load", lambda: 1.9)
     monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
     runtime.configure_threads(preset("toy"))
-    assert "the CPU is already busy (load 2.0 on 2 cores)" in capsys.readouterr().out
-    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (0.2, 1.0, 1.0))
+    assert "the CPU is already busy (other processes use 1.9 of 2 cores)" in capsys.readouterr().out
+    monkeypatch.setattr(runtime, "other_cpu_load", lambda: 0.1)
     runtime.configure_threads(preset("toy"))
     assert capsys.readouterr().out == ""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 import math
 import signal
 import subprocess
@@ -123,3 +124,21 @@ def test_a_stop_signal_saves_a_whole_step_and_says_how_to_resume(small_cfg, sign
     assert "continue with --resume=latest_toy" in lines[0]
     assert sorted(p.name for p in weights.iterdir()) == ["latest_toy.pth"]  # no temporary left
     assert load_checkpoint(weights / "latest_toy.pth")["step"] == step >= 2
+
+
+def test_resuming_weights_that_do_not_fit_is_one_short_line(small_cfg):
+    from engine import load_resume_state
+
+    Trainer(small_cfg.replace(iters=1, save_interval=1), progress=False).fit()
+    path = Path(small_cfg.weights_dir) / "latest_toy.pth"
+    state = load_checkpoint(path)
+    state["config"]["base_channels"] = 4  # the file's weights are width 8
+    torch.save(state, path)
+    cfg, state = load_resume_state(small_cfg.replace(iters=2, base_channels=4, resume="latest_toy"), {"iters"})
+    with pytest.raises(UserError) as info:
+        Trainer(cfg, resume_from=state, progress=False)
+    message = str(info.value)
+    assert re.search(r"--resume=latest_toy: \d+ generator layers do not match this configuration \(inc\.0\.weight "
+                     r"\(4, 12, 3, 3\) vs \(8, 12, 3, 3\); .*, and \d+ more\): resume it with the configuration it "
+                     r"was trained with", message), message
+    assert "\n" not in message and message.count(";") == 2  # three layers named, not hundreds
