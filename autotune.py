@@ -58,7 +58,8 @@ def cache_path() -> Path:
 
 def describe(candidate: Candidate) -> str:
     dtype, nhwc = candidate
-    return f"{'bf16' if dtype == torch.bfloat16 else 'fp32'} + {'NHWC' if nhwc else 'NCHW'}"
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    return f"{name} + {'NHWC' if nhwc else 'NCHW'}"
 
 
 def _load_cache(path: Path) -> dict:
@@ -138,7 +139,8 @@ def choose(cfg: Config, purpose: str, key_extra: str, make_step: Callable[[], Ca
     path = cache_path()
     cache = _load_cache(path)
     verdict = cache.get(key)
-    if isinstance(verdict, dict) and verdict.get("choice") in [describe(c) for c in options]:
+    if (isinstance(verdict, dict) and verdict.get("choice") in [describe(c) for c in options]
+            and isinstance(verdict.get("ratio"), (int, float))):
         chosen = next(c for c in options if describe(c) == verdict["choice"])
         say(f"auto: {describe(chosen)} for {purpose} (measured on this machine before: {verdict['ratio']:.2f}x plain "
             f"fp32 NCHW; {path})")
@@ -187,8 +189,8 @@ def resolve_compute(cfg: Config, device: torch.device, purpose: str, method, mak
     (runtime.resolve_amp, runtime.use_channels_last)."""
     if not enabled(device, cfg):
         return resolve_amp(cfg, device), use_channels_last(cfg, device)
-    extra = (f"model={cfg.model}|method={method.name}|discriminator={cfg.discriminator}|width={cfg.base_channels}|"
-             f"size={cfg.img_size}|batch={batch}|clip={cfg.clip_len}")
+    extra = (f"model={cfg.model}|method={method.name}|discriminator={cfg.discriminator}|flownet={cfg.flownet}|"
+             f"semantic={cfg.semantic}|width={cfg.base_channels}|size={cfg.img_size}|batch={batch}|clip={cfg.clip_len}")
     return choose(cfg, purpose, extra, make_step, say)
 
 
@@ -200,3 +202,20 @@ def inference_compute(cfg: Config, device: torch.device, method, generator: nn.M
     return resolve_compute(cfg, device, "evaluation", method,
                            lambda: inference_step(generator, sample_inputs(cfg, method, batch), method.predict),
                            batch, say)
+
+
+def compute_record(candidate: Candidate) -> dict:
+    """What a checkpoint keeps of the precision and layout its run trained with."""
+    dtype, nhwc = candidate
+    return {"amp": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"), "channels_last": bool(nhwc)}
+
+
+def resumed_compute(cfg: Config, device: torch.device, record: Optional[dict]) -> Optional[Candidate]:
+    """The precision and layout a resumed CPU run trained with (its checkpoint's record), for the flags still
+    ``auto``; None where there is no record or nothing would be measured anyway."""
+    if not record or not enabled(device, cfg):
+        return None
+    dtype = ({"bf16": torch.bfloat16, "fp16": torch.float16}.get(record.get("amp"))
+             if cfg.amp == "auto" else resolve_amp(cfg, device))
+    nhwc = bool(record.get("channels_last")) if cfg.channels_last == "auto" else cfg.channels_last == "on"
+    return dtype, nhwc

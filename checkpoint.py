@@ -36,7 +36,8 @@ def resolve_checkpoint(name: str, weights_dir: str | Path) -> Path:
 def save_checkpoint(path: Path | str, payload: dict[str, Any]) -> None:
     payload = {"kind": KIND, "format_version": FORMAT_VERSION, **payload}
     with atomic_path(path, suffix=".pth") as tmp:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as handle:  # a Python file: a full disk is an OSError (torch's own writer raises
+            torch.save(payload, handle)  # a RuntimeError that says nothing of the disk)
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
@@ -84,9 +85,9 @@ def load_weights(network: nn.Module, weights: Any, what: str, source: str, hint:
 
 def architecture_conflicts(stored: Config, given: Config, explicit: set[str], fields: tuple[str, ...]) -> list[str]:
     """'--flag=value (checkpoint: value)' for each of ``fields`` given explicitly with a value the checkpoint's
-    config contradicts."""
+    config contradicts (``auto`` contradicts nothing: the checkpoint records what its auto resolved to)."""
     return [f"--{k}={getattr(given, k)} (checkpoint: {getattr(stored, k)})" for k in fields
-            if k in explicit and getattr(given, k) != getattr(stored, k)]
+            if k in explicit and getattr(given, k) not in (getattr(stored, k), "auto")]
 
 
 def _input_channel_note(generator: nn.Module, weights: Any, cfg: Config) -> str:

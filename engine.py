@@ -40,7 +40,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 import distributed
-from autotune import resolve_compute, sample_inputs, training_step
+from autotune import compute_record, resolve_compute, resumed_compute, sample_inputs, training_step
 from checkpoint import load_checkpoint, load_weights, resolve_checkpoint, save_checkpoint
 from config import Config, config_from_dict, fields_of, write_config
 from dataset import ClipSampler, TestSet, TrainClips, VideoSet, to_model_range
@@ -75,16 +75,23 @@ def exclusive_run(weights_dir: Path, dataset: str) -> Iterator[None]:
     checkpoints step after step.  An advisory lock (flock) on ``.train_<dataset>.lock``, which the system releases
     when the process ends however it ends (no stale lock blocks the next run); the file goes when the run ends."""
     path = weights_dir / f".train_{dataset}.lock"
-    with open(path, "a+") as handle:
+    for _ in range(10):  # the run that held it removed the file as we opened it: open the new one
+        handle = open(path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if not path.exists() or os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
-                raise OSError  # the run that held it removed it as we opened it: a new run has its own by now
         except OSError:
             handle.seek(0)
             owner = handle.read().strip() or "another process"
+            handle.close()
             raise UserError(f"another training run ({owner}) is writing the {dataset} checkpoints in {weights_dir}: "
                             f"wait for it to end, or pass another --weights_dir") from None
+        if path.exists() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()
+    else:
+        raise UserError(f"the lock file {path} keeps being replaced: another training run is starting in "
+                        f"{weights_dir}; wait for it, or pass another --weights_dir")
+    with handle:
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")
@@ -194,7 +201,10 @@ class Trainer:
         if not is_trainable(generator):
             raise UserError(f"--model={cfg.model} has no parameters to train: evaluate it with eval.py")
         # --amp/--channels_last auto: timed on copies of these networks (autotune.py), or the flag rule.
-        self.amp_dtype, self.channels_last = resolve_compute(
+        # A resumed run keeps the precision and layout it ran with (an exact resume), whatever a new measurement
+        # would say now.
+        resumed = resumed_compute(cfg, self.device, (resume_from or {}).get("compute"))
+        self.amp_dtype, self.channels_last = resumed or resolve_compute(
             cfg, self.device, "training", self.method,
             lambda: training_step(copy.deepcopy(generator), copy.deepcopy(discriminator),
                                   sample_inputs(cfg, self.method, cfg.batch_size), self.method.predict),
@@ -275,6 +285,7 @@ class Trainer:
             "sampler": self.sampler.state_dict(), "versions": versions(),
             # config.batch_size is per process; the sampler position counts global batches of global_batch clips.
             "distributed": {"world_size": self.world, "global_batch": self.global_batch},
+            "compute": compute_record((self.amp_dtype, self.channels_last)),  # what --amp/--channels_last auto gave
         }
 
     def _restore(self, state: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ Stopping: Ctrl-C (SIGINT), ``kill`` and cluster schedulers (SIGTERM) and a close
 training saves its checkpoint at the end of the step and says how to resume, evaluation and detection leave no half
 file (their writes are atomic), preparation stops its jobs and keeps the finished ones.  SIGINT is caught even when
 it was ignored at start (a job started in the background with ``&`` inherits 'ignore'), so such a run can be
-stopped cleanly too.
+stopped cleanly too; a SIGHUP or SIGTERM ignored at start stays ignored (``nohup`` keeps its meaning).
 """
 from __future__ import annotations
 
@@ -35,10 +35,12 @@ def _raise_interrupted(signum: int, frame) -> None:
 
 def install_stop_signals() -> None:
     """SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` from now on (main thread only: Python delivers signals
-    there)."""
+    there).  SIGINT always, even when the shell started the job with it ignored (``python train.py &``); SIGTERM and
+    SIGHUP only where they are not ignored, so ``nohup`` still keeps a run alive when its terminal closes."""
     if threading.current_thread() is threading.main_thread():
         for signum in STOP_SIGNALS:
-            signal.signal(signum, _raise_interrupted)
+            if signum == signal.SIGINT or signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, _raise_interrupted)
 
 
 def run_cli(main: Callable[[], int | None]) -> None:

@@ -103,3 +103,18 @@ def test_a_real_run_measures_once_and_then_reads_the_cache(cache, small_cfg, cap
     assert "auto: " in first and "for training" in first and "kept in" in first
     Trainer(small_cfg.replace(iters=1), progress=False)
     assert "measured on this machine before" in capsys.readouterr().out
+
+
+def test_a_resumed_run_keeps_the_precision_it_trained_with(cache, small_cfg, monkeypatch):
+    from engine import load_resume_state
+
+    Trainer(small_cfg.replace(iters=1, save_interval=1), progress=False).fit()
+    state_cfg, state = load_resume_state(small_cfg.replace(iters=2, resume="latest_toy"), {"iters"})
+    assert state["compute"] in ({"amp": "bf16", "channels_last": True}, {"amp": "bf16", "channels_last": False},
+                                {"amp": "fp32", "channels_last": True}, {"amp": "fp32", "channels_last": False})
+    state["compute"] = {"amp": "fp32", "channels_last": True}  # whatever it was: the resume must follow the record
+    monkeypatch.setattr("engine.resolve_compute", lambda *a, **k: pytest.fail("measured again on resume"))
+    trainer = Trainer(state_cfg, resume_from=state, progress=False)
+    assert (trainer.amp_dtype, trainer.channels_last) == (None, True)
+    assert autotune.resumed_compute(CFG.replace(amp="bf16"), torch.device("cpu"), state["compute"]) == (
+        torch.bfloat16, True)  # a flag given again wins over the record

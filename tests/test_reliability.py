@@ -142,3 +142,46 @@ def test_resuming_weights_that_do_not_fit_is_one_short_line(small_cfg):
                      r"\(4, 12, 3, 3\) vs \(8, 12, 3, 3\); .*, and \d+ more\): resume it with the configuration it "
                      r"was trained with", message), message
     assert "\n" not in message and message.count(";") == 2  # three layers named, not hundreds
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_an_oserror(monkeypatch, tmp_path):
+    """torch's own file writer reports a full disk as a RuntimeError about 'inline_container'; written through a
+    Python file it is the OSError (ENOSPC) that Trainer.save turns into one line."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def to_a_full_disk(path, suffix=""):
+        yield Path("/dev/full")
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    monkeypatch.setattr(checkpoint, "atomic_path", to_a_full_disk)
+    with pytest.raises(OSError) as info:
+        checkpoint.save_checkpoint(tmp_path / "x.pth", {"weights": torch.zeros(1 << 20)})
+    assert info.value.errno == errno.ENOSPC
+
+
+def test_nohup_keeps_sighup_ignored_and_a_background_sigint_is_caught():
+    from errors import install_stop_signals
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # python train.py & (no job control)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        install_stop_signals()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def test_auto_contradicts_no_checkpoint_value(small_cfg):
+    from checkpoint import architecture_conflicts
+
+    stored = small_cfg.replace(flownet="lucaskanade", model="f2lm")
+    given = small_cfg.replace(flownet="auto", model="ffp")
+    assert architecture_conflicts(stored, given, {"flownet", "model"}, ("model", "flownet")) == [
+        "--model=ffp (checkpoint: f2lm)"]
