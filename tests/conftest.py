@@ -39,6 +39,27 @@ def small_cfg(toy_root, tmp_path):
         batch_size=4, iters=6, val_interval=0, save_interval=0, log_interval=0, tensorboard=False, device="cpu")
 
 
+def signal_once_saved(process, checkpoint: Path, signum: int, timeout_s: float) -> tuple[str, str]:
+    """Wait until a training subprocess has written ``checkpoint`` (it is under way), send it ``signum`` and return
+    its (stdout, stderr); the process is killed if it outlives the test."""
+    import subprocess
+    import time
+
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not checkpoint.exists():
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.05)
+        process.send_signal(signum)
+        return process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the process did not stop within {timeout_s} s of the signal") from None
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
 def shared_path(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():

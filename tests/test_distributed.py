@@ -19,7 +19,7 @@ from torch.multiprocessing.spawn import ProcessException
 
 import distributed
 from checkpoint import load_checkpoint
-from conftest import ROOT
+from conftest import ROOT, signal_once_saved
 from engine import Trainer, load_resume_state
 from errors import UserError
 
@@ -210,17 +210,7 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_and_rank_0_alone_wri
                                 f"--master_port={free_port()}", "train.py", *flags], cwd=ROOT, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        while not (weights / "latest_toy.pth").exists():  # training is under way (step 2 saved)
-            assert process.poll() is None, process.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint in time"
-            time.sleep(0.1)
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=JOB_TIMEOUT_S)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    stdout, stderr = signal_once_saved(process, weights / "latest_toy.pth", signal.SIGINT, JOB_TIMEOUT_S)
     assert process.returncode != 0
     interrupted = [line for line in stdout.splitlines() if line.startswith("interrupted at step")]
     assert len(interrupted) == 1, stdout + stderr[-3000:]  # one console (rank 0)

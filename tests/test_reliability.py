@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import errno
-import re
 import math
+import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import torch
 
 import checkpoint
 from checkpoint import load_checkpoint
-from conftest import ROOT
+from conftest import ROOT, signal_once_saved
 from engine import Trainer, exclusive_run
 from errors import UserError
 
@@ -104,17 +103,7 @@ def _train_in_background(cfg, ignore_sigint: bool) -> subprocess.Popen:
 def test_a_stop_signal_saves_a_whole_step_and_says_how_to_resume(small_cfg, signum, ignore_sigint):
     weights = Path(small_cfg.weights_dir)
     process = _train_in_background(small_cfg, ignore_sigint)
-    try:
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        while not (weights / "latest_toy.pth").exists():  # training is under way (step 2 saved)
-            assert process.poll() is None, process.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint in time"
-            time.sleep(0.05)
-        process.send_signal(signum)
-        stdout, stderr = process.communicate(timeout=JOB_TIMEOUT_S)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    stdout, stderr = signal_once_saved(process, weights / "latest_toy.pth", signum, JOB_TIMEOUT_S)
     name = signal.Signals(signum).name
     assert process.returncode == 128 + signum, stderr[-3000:]
     assert stderr.strip().endswith(f"interrupted ({name})") and "Traceback" not in stderr
