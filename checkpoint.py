@@ -105,15 +105,18 @@ def _input_channel_note(generator: nn.Module, weights: Any, cfg: Config) -> str:
     return ""
 
 
-def load_networks(path: Path | str, with_discriminator: bool = False, config: Optional[Config] = None,
-                  state: Optional[dict[str, Any]] = None) -> tuple[Config, nn.Module, Optional[nn.Module], dict]:
-    """(config, generator, discriminator or None, the checkpoint) of a checkpoint for scoring: the networks built
-    from ``config`` (default: the checkpoint's own) and loaded with its weights, each mismatch summarised.
-    ``state``: the checkpoint already read from ``path``."""
-    state = load_checkpoint(path) if state is None else state
+def read_for_scoring(path: Path | str) -> tuple[dict[str, Any], Config]:
+    """(the checkpoint, its config) of a checkpoint that can be scored: one with a generator and a config."""
+    state = load_checkpoint(path)
     if "generator" not in state or "config" not in state:
         raise UserError(f"{path} has no generator or config: pass a checkpoint written by train.py")
-    cfg = config if config is not None else config_from_dict(state["config"])
+    return state, config_from_dict(state["config"])
+
+
+def load_networks(path: Path | str, state: dict[str, Any], cfg: Config,
+                  with_discriminator: bool = False) -> tuple[nn.Module, Optional[nn.Module]]:
+    """(generator, discriminator or None) built from ``cfg`` and loaded with the weights of ``state`` (the
+    checkpoint read from ``path`` by :func:`read_for_scoring`), each mismatch summarised in one line."""
     generator = build_generator(cfg)
     load_weights(generator, state["generator"], "generator", str(path),
                  _input_channel_note(generator, state["generator"], cfg)
@@ -124,4 +127,4 @@ def load_networks(path: Path | str, with_discriminator: bool = False, config: Op
         load_weights(discriminator, state.get("discriminator"), "discriminator", str(path),
                      f"--model={cfg.model} scores with its --discriminator={cfg.discriminator}, which the checkpoint "
                      f"does not hold")
-    return cfg, generator, discriminator, state
+    return generator, discriminator

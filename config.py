@@ -355,10 +355,6 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-# The names these had before they were public (tools/prepare_data.py imports them so).
-_OneLineParser, _parse_bool = OneLineParser, parse_bool
-
-
 @dataclass(frozen=True)
 class Flag:
     """A command-line flag that is not a Config field (eval.py's own): parsed beside the fields, in its own help

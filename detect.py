@@ -62,7 +62,7 @@ from localization import DEFAULT_SIGMA
 from methods import method_for
 from metrics import anomaly_scores, equal_error_rate, micro_auc
 from predictor import Prediction, StreamPredictor, load_generator as load_stream_generator, to_model_frame  # noqa: F401
-from runtime import configure_threads, resolve_device
+from runtime import configure_threads, eval_batch_size, resolve_device
 from video_io import atomic_video, open_source
 
 BANNER_GREEN = (40, 150, 40)  # BGR
@@ -397,7 +397,7 @@ def set_up(args: argparse.Namespace, source) -> Run:
     device = resolve_device(cfg.device)
     configure_threads(cfg, device)
     amp_dtype, channels_last = inference_compute(cfg, device, method_for(cfg), generator,
-                                                 cfg.eval_batch_size or (32 if device.type == "cuda" else 4))
+                                                 eval_batch_size(cfg, device))
     generator = generator.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     sigma = DEFAULT_SIGMA if args.sigma is None else args.sigma
     run = Run(cfg, StreamPredictor(generator, cfg, device, amp_dtype, channels_last, sigma), checkpoint, norm,

@@ -29,9 +29,9 @@ import torch
 import distributed
 from autotune import inference_compute
 from calibration import Calibration, benchmark_rates, calibration_path, file_sha256
-from checkpoint import architecture_conflicts, load_checkpoint, load_networks, resolve_checkpoint
+from checkpoint import architecture_conflicts, load_networks, read_for_scoring, resolve_checkpoint
 from cli import parse_command_line
-from config import NON_NEGATIVE, Config, Flag, Range, config_from_dict, fields_of
+from config import NON_NEGATIVE, Config, Flag, Range, fields_of
 from dataset import TestSet, TrainClips, VideoSet, evenly_spaced, to_model_range
 from errors import UserError, run_cli
 from evaluation import evaluate, summary_table, write_results
@@ -40,7 +40,7 @@ from localization import DEFAULT_SIGMA, PixelAccumulator, pixel_mask_source
 from methods import method_for
 from models import build_generator, is_trainable
 from models.quantize import quantize_int8
-from runtime import configure_threads, resolve_device
+from runtime import configure_threads, eval_batch_size, resolve_device
 
 # Flags that may differ from the checkpoint's config at evaluation time (data location, hardware, outputs): the
 # fields of kind "eval_override" in config.py.
@@ -77,17 +77,14 @@ def load_model(cfg: Config, explicit: set[str]):
         raise UserError(f"--model={cfg.model} needs weights: pass --trained_model=<name or path>")
     name = cfg.trained_model or f"g_best_auc_{cfg.dataset}"
     path = resolve_checkpoint(name, cfg.weights_dir)
-    state = load_checkpoint(path)
-    if "generator" not in state or "config" not in state:
-        raise UserError(f"{path} has no generator or config: pass a checkpoint written by train.py")
-    stored = config_from_dict(state["config"])
+    state, stored = read_for_scoring(path)
     fixed = tuple(k for k in fields_of("architecture") if k not in EVAL_OVERRIDES)
     conflicts = architecture_conflicts(stored, cfg, explicit, fixed)
     if conflicts:
         raise UserError(f"{path} was trained with other settings than {', '.join(conflicts)}: drop the flag (the "
                         f"checkpoint's architecture is used) or pass another --trained_model")
     cfg = stored.replace(**{k: getattr(cfg, k) for k in explicit if k in EVAL_OVERRIDES})
-    cfg, generator, discriminator, _ = load_networks(path, method_for(cfg).scores_with_discriminator, cfg, state)
+    generator, discriminator = load_networks(path, state, cfg, method_for(cfg).scores_with_discriminator)
     step = state.get("step", "?")
     path = Path(path)
     run = path.stem if path.parent.name == "weights" else f"{path.parent.name}_{path.stem}"
@@ -151,8 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if quantize == "int8":  # int8 kernels replace autocast and pick their own layout (below)
         amp, channels_last = None, False
     else:
-        amp, channels_last = inference_compute(cfg, device, method_for(cfg), generator,
-                                               cfg.eval_batch_size or (32 if device.type == "cuda" else 4))
+        amp, channels_last = inference_compute(cfg, device, method_for(cfg), generator, eval_batch_size(cfg, device))
     if quantize == "int8":
         if device.type != "cpu":
             raise UserError(f"--quantize=int8 runs on the CPU only (its int8 kernels are CPU kernels): "

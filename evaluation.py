@@ -26,7 +26,7 @@ from dataset import TestSet, VideoSet, iter_test_batches, n_predicted_frames, to
 from ioutil import atomic_path, atomic_write_text
 from methods import method_for
 from metrics import FrameMetrics, anomaly_scores, metrics_of_scores, normalise_scores, psnr
-from runtime import autocast
+from runtime import autocast, eval_batch_size
 
 
 # Called after every batch with (video index, target frame indices, prediction, target), images in [-1, 1]:
@@ -46,7 +46,7 @@ def predict_psnr(generator: nn.Module, videos: VideoSet, cfg: Config, device: to
     out = [np.empty(max(0, n - cfg.clip_len + 1), dtype=np.float64) for n in videos.counts]
     bar = tqdm(total=n_predicted_frames(videos, cfg.clip_len), desc="evaluating", unit="frame",
                disable=not progress, leave=False)
-    batch_size = cfg.eval_batch_size or (32 if device.type == "cuda" else 4)
+    batch_size = eval_batch_size(cfg, device)
     method = method_for(cfg)
     for v, targets, clips in iter_test_batches(videos, cfg.clip_len, batch_size):
         x = to_model_range(clips.to(device, non_blocking=True))

@@ -2,8 +2,7 @@
 
 Permissions: a written file gets what a plain ``open(path, "w")`` gives, 0666 minus the process umask (0644 under
 the usual umask 022), not ``tempfile.mkstemp``'s 0600: the temporary file is created with mode 0666 and the kernel
-applies the umask.  :data:`UMASK` (read once, at import) is the one place the umask is known, for a file made some
-other way (:func:`make_readable`).
+applies the umask, so nothing here needs to know it.
 
 Stale temporary files: a process killed mid-write (``kill -9``, power loss) leaves its ``.<name>.<random>...tmp``
 beside the target.  The next write of that same target removes them (:func:`remove_stale_temporaries`).
@@ -33,35 +32,6 @@ FILE_MODE = 0o666  # what open(path, "w") asks for; the kernel takes the umask o
 STALE_AFTER_S = 60.0  # a temporary file untouched this long, and not locked by its writer, is left from a crash
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # tempfile's alphabet: earlier versions' names match too
 _NAME_LENGTH = 8
-
-
-def _read_umask() -> int:
-    """The process umask.  Linux (4.7+) reports it in /proc/self/status: a read, no race.  Elsewhere the only way is
-    to set it and put it back (os.umask is process-wide: a thread creating a file in between would get 022), which
-    is why this runs once, at import, before any writer thread exists."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-UMASK = _read_umask()
-
-
-def file_mode() -> int:
-    """The permissions a plain ``open()`` gives a new file: 0666 minus the umask (0644 under umask 022)."""
-    return FILE_MODE & ~UMASK
-
-
-def make_readable(path: Path | str) -> None:
-    """Give ``path`` the permissions a plain ``open()`` would have (for a file made with mode 0600, as mkstemp's)."""
-    os.chmod(path, file_mode())
 
 
 def _temporary_pattern(path: Path, suffix: str) -> re.Pattern:

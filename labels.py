@@ -32,7 +32,7 @@ import numpy as np
 from config import Config
 from errors import UserError
 from frames import natural_key, numbered_files
-from ioutil import atomic_path, make_readable  # make_readable: ioutil owns the umask (read once)
+from ioutil import atomic_path
 
 PIXEL_MASKS = "pixel_masks"  # <data_root>/<dataset>/testing/pixel_masks/<video>.npy, uint8 (T, H, W) in {0, 1}
 MASK_EXTENSIONS = (".bmp", ".png", ".tif", ".tiff")  # official UCSD Test0NN_gt masks (.bmp) and re-saved copies
@@ -394,7 +394,6 @@ def write_ano_pred_mat(path: Path, labels: Sequence[np.ndarray]) -> None:
     with atomic_path(path, suffix=".mat") as tmp:
         with open(tmp, "wb") as handle:  # a file object: savemat would append .mat to a path
             scipy.io.savemat(handle, {"gt": cells})
-        make_readable(tmp)
 
 
 def write_frame_mask_folder(folder: Path, names: Sequence[str], labels: Sequence[np.ndarray]) -> None:
@@ -404,4 +403,3 @@ def write_frame_mask_folder(folder: Path, names: Sequence[str], labels: Sequence
         with atomic_path(folder / f"{name}.npy", suffix=".npy") as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, np.asarray(video, dtype=np.uint8))
-            make_readable(tmp)

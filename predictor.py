@@ -25,14 +25,14 @@ import torch
 from torch import nn
 
 from autotune import inference_compute
-from checkpoint import load_checkpoint, load_networks, resolve_checkpoint
-from config import Config, config_from_dict
+from checkpoint import load_networks, read_for_scoring, resolve_checkpoint
+from config import Config
 from dataset import to_model_range
 from errors import UserError
 from localization import DEFAULT_SIGMA, anomaly_maps
 from methods import method_for
 from metrics import psnr
-from runtime import autocast, configure_threads, resolve_device
+from runtime import autocast, configure_threads, eval_batch_size, resolve_device
 
 
 @dataclass
@@ -57,18 +57,16 @@ def load_generator(checkpoint: str, weights_dir: str = "weights", overrides: Opt
     feeds it.  ``overrides``: run-time settings (device, amp, channels_last, num_threads, data_root, cache_dir,
     eval_batch_size) that replace the checkpoint's."""
     path = resolve_checkpoint(checkpoint, weights_dir)
-    state = load_checkpoint(path)
-    if "generator" not in state or "config" not in state:
-        raise UserError(f"{path} has no generator or config: pass a checkpoint written by train.py")
-    state_cfg = config_from_dict(state["config"]).replace(**(overrides or {}))
-    if img_size and img_size != state_cfg.img_size:
-        raise UserError(f"--img_size={img_size} but {path} was trained on {state_cfg.img_size}x{state_cfg.img_size} "
+    state, stored = read_for_scoring(path)
+    cfg = stored.replace(**(overrides or {}))
+    if img_size and img_size != cfg.img_size:
+        raise UserError(f"--img_size={img_size} but {path} was trained on {cfg.img_size}x{cfg.img_size} "
                         f"frames: detect.py resizes every frame to the checkpoint's size, drop --img_size")
-    method = method_for(state_cfg)
+    method = method_for(cfg)
     if not method.scores_by_psnr:
-        raise UserError(f"{path} is a --model={state_cfg.model} checkpoint, {method.description}: detect.py runs "
+        raise UserError(f"{path} is a --model={cfg.model} checkpoint, {method.description}: detect.py runs "
                         f"frame-prediction models scored by PSNR (ffp, stemgan); score its test frames with eval.py")
-    cfg, generator, _, _ = load_networks(path, config=state_cfg, state=state)
+    generator, _ = load_networks(path, state, cfg)
     generator.eval()
     n_channels = 3 * cfg.n_inputs
     try:
@@ -91,7 +89,7 @@ class StreamPredictor:
         self.generator, self.cfg, self.device = generator, cfg, device
         self.amp_dtype, self.channels_last, self.sigma, self.maps = amp_dtype, channels_last, sigma, maps
         self.method = method_for(cfg)
-        self.batch_size = cfg.eval_batch_size or (32 if device.type == "cuda" else 4)
+        self.batch_size = eval_batch_size(cfg, device)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str, weights_dir: str = "weights", device: str = "auto",
@@ -103,8 +101,7 @@ class StreamPredictor:
         cfg, generator, path = load_generator(checkpoint, weights_dir, overrides)
         dev = resolve_device(cfg.device)
         configure_threads(cfg, dev)
-        amp_dtype, nhwc = inference_compute(cfg, dev, method_for(cfg), generator,
-                                            cfg.eval_batch_size or (32 if dev.type == "cuda" else 4))
+        amp_dtype, nhwc = inference_compute(cfg, dev, method_for(cfg), generator, eval_batch_size(cfg, dev))
         generator = generator.to(dev, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
         predictor = cls(generator, cfg, dev, amp_dtype, nhwc, sigma, maps)
         predictor.checkpoint = path

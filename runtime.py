@@ -80,6 +80,12 @@ def use_channels_last(cfg: Config, device: torch.device) -> bool:
     return cfg.channels_last == "on"
 
 
+def eval_batch_size(cfg: Config, device: torch.device) -> int:
+    """Frames per evaluation batch: --eval_batch_size, or 4 on the CPU (the fastest measured, docs/speed.md) and 32
+    on CUDA."""
+    return cfg.eval_batch_size or (32 if device.type == "cuda" else 4)
+
+
 def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManager:
     if dtype is None:
         return contextlib.nullcontext()

@@ -51,7 +51,7 @@ from config import DATASET_ALIASES, canonical_dataset
 from errors import UserError
 from frames import FRAME_EXTENSIONS, is_frame, is_visible, natural_key
 from ioutil import atomic_path
-from labels import (PIXEL_MASKS, frame_labels_from_masks, load_labels, load_npy, load_pixel_masks, make_readable,
+from labels import (PIXEL_MASKS, frame_labels_from_masks, load_labels, load_npy, load_pixel_masks,
                     pixel_mask_path, read_label_file, write_ano_pred_mat, write_frame_mask_folder)
 from registry import Registry
 
@@ -528,7 +528,6 @@ def prepare_mask(job: MaskJob, dataset: str, opts: Options, stop: threading.Even
             out[t] = frame > 0
         out.flush()
         del out
-        make_readable(tmp)
     return "written"
 
 

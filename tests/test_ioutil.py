@@ -68,14 +68,17 @@ def test_a_umask_changed_after_import_is_followed(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode) == 0o640
 
 
-def test_the_umask_is_known_in_one_place(tmp_path):
-    import ioutil
+def test_label_writers_get_the_usual_permissions_from_atomic_path_alone(tmp_path):
     import labels
 
-    assert labels.make_readable is ioutil.make_readable and not hasattr(labels, "UMASK")
-    assert ioutil.file_mode() == 0o666 & ~ioutil.UMASK
-    labels.write_frame_mask_folder(tmp_path, ["01"], [np.zeros(4, np.uint8)])  # writes, then make_readable
-    assert stat.S_IMODE(os.stat(tmp_path / "01.npy").st_mode) == ioutil.file_mode()
+    umask = os.umask(0o022)
+    try:
+        labels.write_frame_mask_folder(tmp_path, ["01"], [np.zeros(4, np.uint8)])
+        labels.write_ano_pred_mat(tmp_path / "gt.mat", [np.zeros(4, np.uint8)])
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "01.npy").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "gt.mat").st_mode) == 0o644
 
 
 # --- stale temporary files ---------------------------------------------------------------------------------------
