@@ -14,7 +14,8 @@ CPU model, the thread count, the torch version, the purpose, the model and the s
 file is ignored and rebuilt.  One line says what was chosen and by how much.  A flag given explicitly
 (``--amp=bf16``, ``--channels_last=off``) is used as given and only the other one, if ``auto``, is measured.  On
 CUDA ``auto`` keeps its fixed rule (bf16 where supported, else fp16; NHWC), and ``FFP_AUTOTUNE=off`` restores the
-flag rule on the CPU too (the test suite uses it, so that its numbers do not depend on timings).
+flag rule on the CPU too (the test suite uses it, so that its numbers do not depend on timings).  The evaluation
+batch (``--eval_batch_size=0`` on the CPU) is chosen the same way, after the precision (:func:`inference_batch`).
 """
 from __future__ import annotations
 
@@ -32,11 +33,12 @@ from torch import nn
 import distributed
 from config import Config
 from ioutil import atomic_write_text
-from runtime import autocast, cpu_busy, cpu_has_fast_bf16, resolve_amp, use_channels_last
+from runtime import autocast, cpu_busy, cpu_has_fast_bf16, eval_batch_size, resolve_amp, use_channels_last
 
 MARGIN = 1.05  # a candidate must beat plain fp32 NCHW by more than 5% (the spread of repeated timings)
 BUDGET_S = 6.0  # timing budget per choice, warm-up included (more only when one pass is slower than this)
 CACHE_ENV, SWITCH_ENV = "FFP_CACHE_DIR", "FFP_AUTOTUNE"
+BATCH_CANDIDATES = (1, 2, 4, 8)  # evaluation batches timed on the CPU (4 is the default: bench/speed.py)
 Candidate = tuple[Optional[torch.dtype], bool]  # (autocast dtype or None for fp32, channels_last)
 
 
@@ -202,6 +204,53 @@ def inference_compute(cfg: Config, device: torch.device, method, generator: nn.M
     return resolve_compute(cfg, device, "evaluation", method,
                            lambda: inference_step(generator, sample_inputs(cfg, method, batch), method.predict),
                            batch, say)
+
+
+def inference_batch(cfg: Config, device: torch.device, method, generator: nn.Module, compute: Candidate,
+                    say: Callable[[str], None] = print) -> int:
+    """Frames per evaluation batch: ``--eval_batch_size`` when given, on CUDA and where nothing is measured
+    (:func:`runtime.eval_batch_size`); else (``0`` on the CPU) the fastest per frame of :data:`BATCH_CANDIDATES`
+    under the chosen precision and layout, timed once and cached like the precision.  The default batch is kept
+    unless another is faster by more than :data:`MARGIN`.  Frames of a batch do not interact (BatchNorm in eval
+    mode), so the batch changes the speed, not the scores (beyond floating-point rounding)."""
+    default = eval_batch_size(cfg, device)
+    if (cfg.eval_batch_size or device.type != "cpu" or distributed.launched()
+            or os.environ.get(SWITCH_ENV, "on").lower() in ("0", "off", "false", "no")):
+        return default
+    key = "|".join([cpu_model(), f"threads={torch.get_num_threads()}", f"torch={torch.__version__}",
+                    "evaluation batch", describe(compute), f"model={cfg.model}", f"method={method.name}",
+                    f"width={cfg.base_channels}", f"size={cfg.img_size}", f"clip={cfg.clip_len}"])
+    path = cache_path()
+    cache = _load_cache(path)
+    verdict = cache.get(key)
+    if isinstance(verdict, dict) and verdict.get("batch") in BATCH_CANDIDATES:
+        return verdict["batch"]
+    if cpu_busy() is not None:  # the precision's measurement already said why nothing is measured now
+        return default
+    generator.eval()
+    per_frame = {}
+    with torch.random.fork_rng(devices=[]):
+        deadline = time.perf_counter() + BUDGET_S
+        for batch in BATCH_CANDIDATES:
+            step = inference_step(generator, sample_inputs(cfg, method, batch), method.predict)
+            per_frame[batch] = time_candidate(step, compute, deadline) / batch
+    chosen = min(per_frame, key=per_frame.get)
+    if per_frame[chosen] * MARGIN > per_frame[default]:
+        chosen = default
+    cache[key] = {"batch": chosen, "frames_per_s": {str(b): round(1 / s, 2) for b, s in per_frame.items()}}
+    _store(path, cache)
+    rates = ", ".join(f"{b}: {1 / s:.1f}" for b, s in per_frame.items())
+    say(f"auto: evaluation batch {chosen} ({rates} frames/s by batch; measured once, kept in {path})")
+    return chosen
+
+
+def inference_settings(cfg: Config, device: torch.device, method, generator: nn.Module,
+                       say: Callable[[str], None] = print) -> tuple[Config, Optional[torch.dtype], bool]:
+    """(config with its evaluation batch decided, autocast dtype, channels_last) for evaluation and detection:
+    the precision and layout (:func:`inference_compute`), then the batch (:func:`inference_batch`)."""
+    dtype, nhwc = inference_compute(cfg, device, method, generator, eval_batch_size(cfg, device), say)
+    batch = inference_batch(cfg, device, method, generator, (dtype, nhwc), say)
+    return cfg.replace(eval_batch_size=batch), dtype, nhwc
 
 
 def compute_record(candidate: Candidate) -> dict:

@@ -39,7 +39,9 @@ import argparse
 import csv
 import io
 import json
+import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +53,8 @@ import torch
 from tqdm import tqdm
 
 import calibration as cal
-from autotune import inference_compute
+from autotune import inference_settings
+from checkpoint import load_checkpoint
 from config import NON_NEGATIVE, POSITIVE, OneLineParser, Range, check_setting, parse_bool
 from dataset import frames_dir
 from errors import STOP_SIGNALS, UserError, run_cli
@@ -62,12 +65,15 @@ from localization import DEFAULT_SIGMA
 from methods import method_for
 from metrics import anomaly_scores, equal_error_rate, micro_auc
 from predictor import Prediction, StreamPredictor, load_generator as load_stream_generator, to_model_frame  # noqa: F401
-from runtime import configure_threads, eval_batch_size, resolve_device
-from video_io import atomic_video, open_source
+from runtime import configure_threads, resolve_device
+from scene import colour_spread, mismatch_warnings, trained_on_grey
+from video_io import open_source
+from video_out import atomic_video
 
 BANNER_GREEN = (40, 150, 40)  # BGR
 BANNER_RED = (30, 30, 200)
 BANNER_GREY = (110, 110, 110)
+SPILL_MAX_BYTES = 4 * 2**30  # pass 1's predictions kept on disk for pass 2 up to this size (or half the free space)
 DEFAULT_HEAT_MAX = 0.02  # squared error on [0, 1] at which the heatmap saturates (about 14% intensity error)
 
 
@@ -142,10 +148,13 @@ def load_generator(args: argparse.Namespace):
 class FrameFeed:
     """The source's frames with a frame limit, read times, and (cameras) a clean stop on the first Ctrl-C."""
 
+    COLOUR_EVERY = 25  # frames between two samples of the colour spread (scene.py)
+
     def __init__(self, frames: Iterable[np.ndarray], max_frames: int = 0, live: bool = False):
         self.frames, self.max_frames, self.live = frames, max_frames, live
         self.times: list[float] = []
         self.stopped = False
+        self.colour_spread = 0.0  # the largest sampled: a grey video with one colour logo stays grey
         self._start = None
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -153,6 +162,8 @@ class FrameFeed:
         for frame in self.frames:
             if self.stopped or (self.max_frames and len(self.times) >= self.max_frames):
                 return
+            if len(self.times) % self.COLOUR_EVERY == 0 and isinstance(frame, np.ndarray):
+                self.colour_spread = max(self.colour_spread, colour_spread(frame))
             self.times.append(time.perf_counter() - self._start)
             yield frame
 
@@ -184,7 +195,13 @@ class Layout:
 
 
 def _put_text(image: np.ndarray, text: str, origin: tuple[int, int], scale: float, color=(255, 255, 255)) -> None:
-    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    """Text on a darkened box just larger than it.  (A black outline drawn thicker than the letters ran past the
+    last one and read as a doubled letter: "predictedd".)"""
+    (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x, y = origin
+    box = image[max(0, y - height - 3):min(image.shape[0], y + baseline + 1), max(0, x - 3):min(image.shape[1],
+                                                                                                  x + width + 3)]
+    box[:] = (box * 0.35).astype(np.uint8)
     cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
 
 
@@ -383,6 +400,7 @@ class Track:
     times: np.ndarray
     flagged: np.ndarray
     stopped: bool
+    colour_spread: float = 0.0  # the video's largest sampled colour spread (scene.py)
 
 
 def set_up(args: argparse.Namespace, source) -> Run:
@@ -396,8 +414,7 @@ def set_up(args: argparse.Namespace, source) -> Run:
     folder = prepare_output(args, source, checkpoint)
     device = resolve_device(cfg.device)
     configure_threads(cfg, device)
-    amp_dtype, channels_last = inference_compute(cfg, device, method_for(cfg), generator,
-                                                 eval_batch_size(cfg, device))
+    cfg, amp_dtype, channels_last = inference_settings(cfg, device, method_for(cfg), generator)
     generator = generator.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     sigma = DEFAULT_SIGMA if args.sigma is None else args.sigma
     run = Run(cfg, StreamPredictor(generator, cfg, device, amp_dtype, channels_last, sigma), checkpoint, norm,
@@ -420,31 +437,107 @@ def too_short(args: argparse.Namespace, n_frames: int, cfg) -> UserError:
                      f"(clip_len {cfg.clip_len})")
 
 
-def video_scores(args: argparse.Namespace, source, run: Run, total: Optional[int]) -> dict[int, float]:
-    """Pass 1 of --norm=video: every frame's PSNR, then the per-video min-max score of each predicted frame."""
+class PredictionSpill:
+    """Pass 1's predictions (RGB uint8 frame and float16 anomaly map per predicted frame) in an unnamed temporary
+    file of the output folder, so that pass 2 of --norm=video renders them instead of predicting every frame again
+    (half the model time).  The file has no name (the kernel removes it when closed, or when the process is killed)
+    and is read back in order.  Beyond ``budget_bytes`` (a long video, a full disk) it is dropped and pass 2
+    predicts again, as before."""
+
+    def __init__(self, folder: Path, size: int, budget_bytes: int):
+        self.size = size
+        self.record_bytes = size * size * 3 + size * size * 2
+        self.budget = budget_bytes
+        self.file = tempfile.TemporaryFile(dir=folder)
+        self.count = 0
+
+    @classmethod
+    def for_folder(cls, folder: Path, size: int) -> "PredictionSpill":
+        free = shutil.disk_usage(folder).free
+        return cls(folder, size, min(SPILL_MAX_BYTES, free // 2))
+
+    @property
+    def complete(self) -> bool:
+        return self.file is not None
+
+    def add(self, p: Prediction) -> None:
+        if self.file is None:
+            return
+        if (self.count + 1) * self.record_bytes > self.budget:
+            self.close()
+            print(f"note: more than {self.budget / 2**30:.1f} GiB of predictions: pass 2 predicts again")
+            return
+        try:
+            self.file.write(p.predicted.tobytes())
+            self.file.write(p.amap.astype(np.float16).tobytes())
+        except OSError as exc:  # a full disk: the predictions are computed again instead
+            self.close()
+            print(f"note: cannot keep pass 1's predictions on disk ({exc.strerror}): pass 2 predicts again")
+            return
+        self.count += 1
+
+    def replay(self, frames: Iterable[np.ndarray], psnr_of: dict[int, float], n_inputs: int,
+               video: str) -> Iterator[Prediction]:
+        """The frames again, each predicted one with its stored prediction, map and PSNR (as StreamPredictor)."""
+        self.file.seek(0)
+        s = self.size
+        for index, frame in enumerate(frames):
+            if index < n_inputs:
+                yield Prediction(index, frame)
+                continue
+            record = self.file.read(self.record_bytes)
+            if index not in psnr_of or len(record) < self.record_bytes:
+                raise UserError(f"{video} changed while it was read (frame {index} is new)")
+            predicted = np.frombuffer(record, np.uint8, s * s * 3).reshape(s, s, 3)
+            amap = np.frombuffer(record, np.float16, s * s, offset=s * s * 3).reshape(s, s).astype(np.float32)
+            yield Prediction(index, frame, psnr_of[index], predicted, amap)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def video_scores(args: argparse.Namespace, source, run: Run, total: Optional[int],
+                 spill: PredictionSpill) -> tuple[dict[int, float], dict[int, float]]:
+    """Pass 1 of --norm=video: every frame's PSNR (kept, with its prediction, in ``spill``), then the per-video
+    min-max score of each predicted frame.  Returns (score of, PSNR of) by frame index."""
     feed = FrameFeed(source.frames(), args.max_frames)
-    scorer = StreamPredictor(run.predictor.generator, run.cfg, run.predictor.device, run.predictor.amp_dtype,
-                             run.predictor.channels_last, run.sigma, maps=False)
     indices, psnrs = [], []
-    for p in _progress(scorer.run(feed), total, "scoring (pass 1 of 2)", args.progress):
+    for p in _progress(run.predictor.run(feed), total, "scoring (pass 1 of 2)", args.progress):
         if p.psnr is not None:
             indices.append(p.index)
             psnrs.append(p.psnr)
+            spill.add(p)
     if not psnrs:
         raise too_short(args, len(feed.times), run.cfg)
-    return dict(zip(indices, anomaly_scores(np.asarray(psnrs))))
+    return dict(zip(indices, anomaly_scores(np.asarray(psnrs)))), dict(zip(indices, psnrs))
 
 
 def detect_stream(args: argparse.Namespace, source, run: Run) -> Track:
     """Score every frame and write the annotated video (the second pass of --norm=video, the only one of causal)."""
-    cfg, calib = run.cfg, run.calib
+    cfg = run.cfg
     layout = Layout.for_source(source.width, source.height)
     live = source.kind == "camera"
     total = min(filter(None, (source.n_frames, args.max_frames)), default=None)
     start = time.perf_counter()
-    score_of = video_scores(args, source, run, total) if run.norm == "video" else None
+    spill = PredictionSpill.for_folder(run.folder, cfg.img_size) if run.norm == "video" else None
+    try:
+        return _detect_stream(args, source, run, layout, live, total, start, spill)
+    finally:
+        if spill is not None:
+            spill.close()
 
+
+def _detect_stream(args, source, run: Run, layout: Layout, live: bool, total: Optional[int], start: float,
+                   spill: Optional[PredictionSpill]) -> Track:
+    cfg, calib = run.cfg, run.calib
+    score_of, psnr_of = video_scores(args, source, run, total, spill) if spill is not None else (None, None)
     feed = FrameFeed(source.frames(), args.max_frames, live)
+    if spill is not None and spill.complete:  # pass 2 renders pass 1's predictions
+        predictions = spill.replay(feed, psnr_of, cfg.n_inputs, args.video)
+    else:
+        predictions = run.predictor.run(feed)
     # A camera has no end: Ctrl-C, SIGTERM and SIGHUP end its feed, and the run writes everything it has.
     previous = {signum: signal.signal(signum, feed.stop) for signum in STOP_SIGNALS} if live else {}
     indices: list[int] = []
@@ -452,9 +545,10 @@ def detect_stream(args: argparse.Namespace, source, run: Run) -> Track:
     scores: list[float] = []
     n_frames = 0
     try:
-        with atomic_video(run.folder / "annotated.mp4", source.fps, layout.size) as writer:
+        with atomic_video(run.folder / "annotated.mp4", source.fps, layout.size,
+                          audio_from=source.spec if source.kind == "file" else None) as writer:
             desc = "detecting" + (" (pass 2 of 2)" if score_of is not None else "")
-            for p in _progress(run.predictor.run(feed), total, desc, args.progress):
+            for p in _progress(predictions, total, desc, args.progress):
                 n_frames += 1
                 t = feed.times[p.index] if live else p.index / source.fps
                 if p.psnr is None:
@@ -486,7 +580,36 @@ def detect_stream(args: argparse.Namespace, source, run: Run) -> Track:
     frames, psnr_arr, score_arr = np.asarray(indices), np.asarray(psnrs), np.asarray(scores)
     times = np.asarray([feed.times[i] for i in indices]) if live else frames / source.fps
     flagged_arr = score_arr >= args.threshold if score_of is not None else calib.flagged(psnr_arr, args.fpr)
-    return Track(frames, psnr_arr, score_arr, n_frames, seconds, times, flagged_arr, feed.stopped)
+    return Track(frames, psnr_arr, score_arr, n_frames, seconds, times, flagged_arr, feed.stopped,
+                 feed.colour_spread)
+
+
+def reference_psnr(run: Run) -> Optional[tuple[float, str]]:
+    """The PSNR that normal frames reached for this checkpoint: the median of its calibration (this run's, or a
+    matching one beside the checkpoint), else the best held-out normal PSNR of its training; None without either."""
+    calib = run.calib
+    if calib is None and cal.calibration_path(run.checkpoint).exists():
+        try:
+            stored = cal.Calibration.load(cal.calibration_path(run.checkpoint))
+        except UserError:
+            stored = None
+        if stored is not None and stored.checkpoint_sha256 == cal.file_sha256(run.checkpoint):
+            calib = stored
+    if calib is not None:
+        return float(np.median(calib.values)), f"the median of its calibration on {calib.source}"
+    best = load_checkpoint(run.checkpoint).get("best_val_psnr")  # read again: weights only, a few MB
+    if isinstance(best, (int, float)) and np.isfinite(best):
+        return float(best), "its best held-out normal PSNR in training"
+    return None
+
+
+def scene_warnings(run: Run, track: Track) -> list[str]:
+    """scene.py's checks for this video and checkpoint, each printed as a warning line (and kept in summary.json)."""
+    found = mismatch_warnings(track.psnrs, track.colour_spread, reference_psnr(run), trained_on_grey(run.cfg),
+                              run.norm)
+    for line in found:
+        print(f"warning: {line}")
+    return found
 
 
 def write_outputs(args: argparse.Namespace, source, run: Run, track: Track, intervals) -> dict:
@@ -509,6 +632,7 @@ def write_outputs(args: argparse.Namespace, source, run: Run, track: Track, inte
         "merge_gap_s": args.gap, "map_sigma_px": run.sigma, "seconds": round(track.seconds, 2),
         "frames_per_second": round(track.n_frames / track.seconds, 2) if track.seconds > 0 else None,
         "passes": 2 if run.norm == "video" else 1, "stopped_by_user": track.stopped,
+        "warnings": scene_warnings(run, track),
     }
     if calib is not None:
         summary.update(fpr=args.fpr, psnr_threshold=psnr_threshold, calibration=str(run.calib_path),

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import distributed
-from autotune import inference_compute
+from autotune import inference_settings
 from calibration import Calibration, benchmark_rates, calibration_path, file_sha256
 from checkpoint import architecture_conflicts, load_networks, read_for_scoring, resolve_checkpoint
 from cli import parse_command_line
@@ -40,7 +40,7 @@ from localization import DEFAULT_SIGMA, PixelAccumulator, pixel_mask_source
 from methods import method_for
 from models import build_generator, is_trainable
 from models.quantize import quantize_int8
-from runtime import configure_threads, eval_batch_size, resolve_device
+from runtime import configure_threads, resolve_device
 
 # Flags that may differ from the checkpoint's config at evaluation time (data location, hardware, outputs): the
 # fields of kind "eval_override" in config.py.
@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if quantize == "int8":  # int8 kernels replace autocast and pick their own layout (below)
         amp, channels_last = None, False
     else:
-        amp, channels_last = inference_compute(cfg, device, method_for(cfg), generator, eval_batch_size(cfg, device))
+        cfg, amp, channels_last = inference_settings(cfg, device, method_for(cfg), generator)
     if quantize == "int8":
         if device.type != "cpu":
             raise UserError(f"--quantize=int8 runs on the CPU only (its int8 kernels are CPU kernels): "

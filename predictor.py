@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autotune import inference_compute
+from autotune import inference_settings
 from checkpoint import load_networks, read_for_scoring, resolve_checkpoint
 from config import Config
 from dataset import to_model_range
@@ -101,7 +101,7 @@ class StreamPredictor:
         cfg, generator, path = load_generator(checkpoint, weights_dir, overrides)
         dev = resolve_device(cfg.device)
         configure_threads(cfg, dev)
-        amp_dtype, nhwc = inference_compute(cfg, dev, method_for(cfg), generator, eval_batch_size(cfg, dev))
+        cfg, amp_dtype, nhwc = inference_settings(cfg, dev, method_for(cfg), generator)
         generator = generator.to(dev, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
         predictor = cls(generator, cfg, dev, amp_dtype, nhwc, sigma, maps)
         predictor.checkpoint = path

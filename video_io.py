@@ -1,4 +1,4 @@
-"""Streaming frame sources for detect.py (a video file, a folder of frames, a camera) and an atomic video writer.
+"""Streaming frame sources for detect.py: a video file, a folder of frames, a camera (video_out.py writes).
 
 Frames are read one at a time and never collected, so a two-hour video costs the memory of a few frames.  Every
 source yields BGR uint8 (H, W, 3) frames as OpenCV decodes them (grey images and videos come out with three equal
@@ -6,7 +6,6 @@ channels).  Bad input is a :class:`errors.UserError` naming it.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -16,7 +15,6 @@ import numpy as np
 
 from errors import UserError
 from frames import FRAME_EXTENSIONS, is_frame, natural_key
-from ioutil import atomic_path
 
 DEFAULT_FOLDER_FPS = 25.0  # a folder of frames has no frame rate: this one unless --fps says otherwise
 
@@ -246,35 +244,6 @@ def open_source(spec: str, fps: float = 0.0) -> FrameSource:
                            first.shape[1], first.shape[0], _first=first, _capture=capture)
     raise UserError(f"--video={spec}: no such file or folder (give a video file, a folder of frames or a camera "
                     f"index such as 0)")
-
-
-class VideoWriter:
-    """An mp4 (MPEG-4 Part 2, the codec every OpenCV build writes) that appears under its name only when complete."""
-
-    def __init__(self, tmp: Path, final: Path, fps: float, size: tuple[int, int]):
-        self.final, self.size = final, size
-        self.writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), size)
-        if not self.writer.isOpened():
-            raise UserError(f"cannot write {final}: OpenCV could not open an mp4 writer there (folder not writable, "
-                            f"or no MPEG-4 encoder in this OpenCV build)")
-        self.frames = 0
-
-    def write(self, frame: np.ndarray) -> None:
-        if frame.shape[1::-1] != self.size:
-            raise ValueError(f"frame size {frame.shape[1::-1]} != video size {self.size}")
-        self.writer.write(frame)
-        self.frames += 1
-
-
-@contextmanager
-def atomic_video(path: Path, fps: float, size: tuple[int, int]) -> Iterator[VideoWriter]:
-    """Write frames to a temporary file beside ``path``; rename it to ``path`` only when the block ends normally."""
-    with atomic_path(path, keep_extension=True) as tmp:
-        writer = VideoWriter(tmp, Path(path), fps, size)
-        try:
-            yield writer
-        finally:
-            writer.writer.release()
 
 
 def count_frames(path: Path | str) -> int:

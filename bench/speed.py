@@ -1,6 +1,7 @@
 """Training-step time, evaluation throughput and peak memory of FFP, against a plain path in the same run.
 
     python bench/speed.py --img_size=256 --batch_size=4 --base_channels=64 --flownet=flownet2sd
+    python bench/speed.py --readme      # the README's Speed table (plain fp32 against the default, two sizes)
 
 Variants (each on synthetic frames, after warm-up, median of --repeats timed steps):
 - plain:    fp32, NCHW, the ground-truth flow recomputed every step, evaluation one frame at a time;
@@ -230,6 +231,8 @@ def main() -> None:
     parser.add_argument("--mmap_threshold", type=int, default=0,
                         help="bytes: glibc serves every allocation at least this big with its own mmap, returned to "
                              "the system when freed (lower peak RSS, more page faults); 0 = glibc's dynamic default")
+    parser.add_argument("--readme", action="store_true",
+                        help="the README's Speed table: fp32 against the default at 128 px width 32 and 256 px width 64")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = parser.parse_args()
     if args.child:
@@ -238,6 +241,14 @@ def main() -> None:
         print(json.dumps(run_variant(args, args.child)))
         return
 
+    if args.readme:
+        readme_table(args)
+        return
+    measure(args, sys.argv[1:])
+
+
+def measure(args, forwarded_args: list[str]) -> dict:
+    """Run every variant of ``args.variants`` in its own process; print the lines and the table; return them."""
     cfg = preset("ped2").replace(img_size=args.img_size, base_channels=args.base_channels, model=args.model)
     gflop = generator_gflop_per_frame(cfg)
     train_gflop = step_gflop(cfg, args.batch_size)
@@ -254,7 +265,7 @@ def main() -> None:
         print("note: no FlowNet2-SD weights: timing a randomly initialised FlowNet2-SD (same cost)")
 
     rows = []
-    forwarded = [a for a in sys.argv[1:] if not a.startswith("--variants")]
+    forwarded = [a for a in forwarded_args if not a.startswith(("--variants", "--readme"))]
     for variant in args.variants.split(","):
         done = subprocess.run([sys.executable, __file__, *forwarded, f"--child={variant}"], capture_output=True,
                               text=True)
@@ -275,6 +286,36 @@ def main() -> None:
         print(f"| {name} | {r['seconds']:.3f} | {base_step / r['seconds']:.2f} | {train_gflop / r['seconds']:.0f} | "
               f"{r['fps']:.1f} | {r['fps'] / base_fps:.2f} | {r['fps'] * gflop:.0f} | {r['rss']:.2f} | "
               f"{r['rss_built']:.2f} |")
+
+    return {"rows": rows, "peak32": peak32, "peak16": peak16, "train_gflop": train_gflop, "gflop": gflop}
+
+
+README_SIZES = ((128, 32), (256, 64))  # the ped2_cpu recipe's size and width, and the paper's
+
+
+def readme_table(args) -> None:
+    """README's Speed table: plain fp32 against the default (measured auto) at the recipe's and the paper's size,
+    each pair in one run of its own processes, with the CPU named and the share of the matmul rate reached."""
+    from autotune import cpu_model
+    lines = []
+    for size, width in README_SIZES:
+        args.img_size, args.base_channels, args.variants = size, width, "fp32,default"
+        forwarded = [f"--img_size={size}", f"--base_channels={width}", f"--batch_size={args.batch_size}",
+                     f"--repeats={args.repeats}"]
+        result = measure(args, forwarded)
+        plain, default = result["rows"]
+        rate = result["train_gflop"] / default["seconds"]
+        peak = result["peak16"] if "bf16" in default["chosen"].split(",")[0] else result["peak32"]
+        lines.append(f"| {size} px, width {width} | {plain['seconds']:.3f} | {default['seconds']:.3f} | "
+                     f"**{plain['seconds'] / default['seconds']:.2f}x** | {plain['fps']:.1f} | {default['fps']:.1f} | "
+                     f"**{default['fps'] / plain['fps']:.2f}x** | {rate:.0f} of {peak:.0f} ({100 * rate / peak:.0f}%) "
+                     f"| {default['chosen']} |")
+    print(f"\nREADME table ({cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, batch "
+          f"{args.batch_size}, evaluation batch {args.eval_batch_size}, no flow loss):\n")
+    print("| size | plain fp32 s/step | default s/step | training | plain eval frames/s | default eval frames/s "
+          "| evaluation | default training GFLOP/s of the matmul rate | default's choice |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -118,3 +118,37 @@ def test_a_resumed_run_keeps_the_precision_it_trained_with(cache, small_cfg, mon
     assert (trainer.amp_dtype, trainer.channels_last) == (None, True)
     assert autotune.resumed_compute(CFG.replace(amp="bf16"), torch.device("cpu"), state["compute"]) == (
         torch.bfloat16, True)  # a flag given again wins over the record
+
+
+def batch_timer(per_call: dict[int, float], calls: list):
+    """An inference_step whose call takes a set time per batch size."""
+    def make(generator, inputs, predict):
+        def step(candidate):
+            calls.append(inputs.shape[0])
+            time.sleep(per_call[inputs.shape[0]])
+        return step
+    return make
+
+
+def test_the_evaluation_batch_is_measured_once_cached_and_skipped_when_given(cache, monkeypatch):
+    from methods import method_for
+    cpu, cfg, lines, calls = torch.device("cpu"), CFG.replace(eval_batch_size=0), [], []
+    # per frame: batch 1 10 ms, 2 6 ms, 4 5 ms, 8 2 ms: 8 is fastest by far
+    monkeypatch.setattr(autotune, "inference_step", batch_timer({1: 0.010, 2: 0.012, 4: 0.020, 8: 0.016}, calls))
+    chosen = autotune.inference_batch(cfg, cpu, method_for(cfg), torch.nn.Identity(), (None, False), lines.append)
+    assert chosen == 8 and set(calls) == set(autotune.BATCH_CANDIDATES)
+    assert lines and lines[0].startswith("auto: evaluation batch 8")
+    calls.clear()
+    assert autotune.inference_batch(cfg, cpu, method_for(cfg), torch.nn.Identity(), (None, False), print) == 8
+    assert not calls  # the cached verdict
+    # another precision is another key; there 8 is only 2% faster per frame than the default 4: 4 is kept
+    monkeypatch.setattr(autotune, "inference_step", batch_timer({1: 0.010, 2: 0.012, 4: 0.020, 8: 0.0392}, calls))
+    assert autotune.inference_batch(cfg, cpu, method_for(cfg), torch.nn.Identity(), (torch.bfloat16, True),
+                                    print) == 4
+    calls.clear()
+    given = cfg.replace(eval_batch_size=3)  # --eval_batch_size given: used as given, nothing measured
+    assert autotune.inference_batch(given, cpu, method_for(given), torch.nn.Identity(), (None, False), print) == 3
+    assert not calls
+    settings, _, _ = autotune.inference_settings(cfg.replace(amp="off", channels_last="off"), cpu, method_for(cfg),
+                                                 torch.nn.Identity(), print)
+    assert settings.eval_batch_size == 8  # what eval.py and detect.py run with

@@ -150,6 +150,33 @@ def test_video_norm_writes_every_output_and_flags_the_anomaly(world, tmp_path, c
     assert "frames/s" in printed and "AUC" in printed
 
 
+def test_video_norm_predicts_each_frame_once_and_renders_as_if_predicting_twice(world, tmp_path, monkeypatch):
+    """Pass 2 renders pass 1's stored predictions; with no room to store them (budget 0) it predicts again: the
+    same scores and the same annotated video either way, and the generator sees each frame once, not twice."""
+    calls = []
+    original = detect.StreamPredictor._flush
+    monkeypatch.setattr(detect.StreamPredictor, "_flush", lambda self, pending: calls.append(len(pending))
+                        or original(self, pending))
+    stored, again = tmp_path / "stored", tmp_path / "again"
+    run("--video", str(world["video"]), "--trained_model", str(world["checkpoint"]), "--output", str(stored))
+    assert sum(calls) == N - 4
+    calls.clear()
+    monkeypatch.setattr(detect, "SPILL_MAX_BYTES", 0)
+    run("--video", str(world["video"]), "--trained_model", str(world["checkpoint"]), "--output", str(again))
+    assert sum(calls) == 2 * (N - 4)
+    assert (stored / "scores.csv").read_text() == (again / "scores.csv").read_text()
+    assert not [p for p in stored.iterdir() if p.name.startswith(".")]
+    a, b = cv2.VideoCapture(str(stored / "annotated.mp4")), cv2.VideoCapture(str(again / "annotated.mp4"))
+    for _ in range(N):
+        (ok_a, frame_a), (ok_b, frame_b) = a.read(), b.read()
+        assert ok_a and ok_b
+        # the stored map is float16: a level of colour here and there, which the H.264 encoder then codes a
+        # little differently; a real difference (another frame, another map) moves tens of levels
+        diff = np.abs(frame_a.astype(int) - frame_b.astype(int))
+        assert diff.mean() < 1.5 and (diff > 24).mean() < 0.01
+    a.release(), b.release()
+
+
 def test_causal_norm_calibrates_on_normal_footage_and_flags_the_anomaly(world, tmp_path, capsys):
     checkpoint = fresh_checkpoint(world, tmp_path)
     out = tmp_path / "out"
@@ -411,3 +438,105 @@ def test_command_line_error_is_one_line_without_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert "no such file or folder" in result.stderr
+
+
+# --- what the operator sees: browser-playable video, audio, captions, scene-mismatch warnings ---------------------
+
+def codecs_of(path: Path) -> dict:
+    import av
+    with av.open(str(path)) as container:
+        return {"video": [s.codec_context.name for s in container.streams.video],
+                "audio": [s.codec_context.name for s in container.streams.audio],
+                "pix_fmt": container.streams.video[0].codec_context.pix_fmt}
+
+
+def write_with_audio(path: Path, frames, seconds_of_audio: float) -> Path:
+    """An H.264 + AAC mp4 of ``frames`` with a 440 Hz tone (PyAV), the tone longer than the picture."""
+    import av
+    from fractions import Fraction
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=Fraction(int(FPS)))
+        video.width, video.height, video.pix_fmt = W, H, "yuv420p"
+        audio = out.add_stream("aac", rate=16000)
+        for frame in frames:
+            for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
+                out.mux(packet)
+        for packet in video.encode(None):
+            out.mux(packet)
+        t = np.arange(int(16000 * seconds_of_audio)) / 16000
+        tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+        for start in range(0, tone.shape[1], 1024):
+            chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, start:start + 1024]), format="flt",
+                                               layout="mono")
+            chunk.sample_rate = 16000
+            for packet in audio.encode(chunk):
+                out.mux(packet)
+        for packet in audio.encode(None):
+            out.mux(packet)
+    return path
+
+
+def test_annotated_video_is_h264_and_keeps_the_sources_audio(world, tmp_path, capsys):
+    source = write_with_audio(tmp_path / "with_audio.mp4", world["frames"], seconds_of_audio=N / FPS + 3)
+    out = tmp_path / "out"
+    run("--video", str(source), "--trained_model", str(world["checkpoint"]), "--output", str(out))
+    found = codecs_of(out / "annotated.mp4")
+    assert found["video"] == ["h264"] and found["pix_fmt"] == "yuv420p" and found["audio"] == ["aac"]
+    assert count_frames(out / "annotated.mp4") == N
+    import av
+    with av.open(str(out / "annotated.mp4")) as container:  # the tone is cut at the picture's end
+        a = container.streams.audio[0]
+        assert float(a.duration * a.time_base) <= N / FPS + 0.2
+    assert "dropped" not in capsys.readouterr().out  # nothing dropped, nothing to say
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_without_h264_the_mp4v_fallback_and_the_dropped_audio_are_said(world, tmp_path, monkeypatch, capsys):
+    import video_out
+    monkeypatch.setattr(video_out, "h264_available", lambda: False)
+    source = write_with_audio(tmp_path / "with_audio.mp4", world["frames"], seconds_of_audio=2)
+    out = tmp_path / "out"
+    run("--video", str(source), "--trained_model", str(world["checkpoint"]), "--output", str(out))
+    printed = capsys.readouterr().out
+    assert "MPEG-4 Part 2 (mp4v)" in printed and "web browsers do not" in printed
+    assert "audio of" in printed and "dropped" in printed
+    assert codecs_of(out / "annotated.mp4")["video"] == ["mpeg4"]
+
+
+def test_captions_stay_inside_their_box():
+    """The caption's ink ends where its text ends: no outline running past the last letter ("predictedd")."""
+    image = np.full((120, 300, 3), 128, np.uint8)
+    scale = 0.6
+    detect._put_text(image, "predicted", (10, 100), scale)
+    (width, height), baseline = cv2.getTextSize("predicted", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    changed = np.argwhere((image != 128).any(axis=2))
+    assert changed[:, 1].max() <= 10 + width + 3 and changed[:, 1].min() >= 10 - 3
+    assert changed[:, 0].min() >= 100 - height - 3
+    text = np.argwhere(image.min(axis=2) > 200)  # the white letters themselves
+    assert text[:, 1].max() <= 10 + width
+
+
+def test_colour_video_on_a_grey_trained_checkpoint_is_warned(world, tmp_path, capsys):
+    tinted = [np.clip(f.astype(int) * np.array([0.5, 0.9, 1.4]) + np.array([0, 10, 40]), 0, 255).astype(np.uint8)
+              for f in world["frames"]]
+    out = tmp_path / "out"
+    run("--video", str(write_mp4(tmp_path / "colour.mp4", tinted)), "--trained_model", str(world["checkpoint"]),
+        "--output", str(out))
+    printed = capsys.readouterr().out
+    assert "warning: colour video" in printed and "trained on grey frames" in printed and "--dataset=custom" in printed
+    assert any("colour video" in w for w in json.loads((out / "summary.json").read_text())["warnings"])
+    run("--video", str(world["video"]), "--trained_model", str(world["checkpoint"]), "--output", str(tmp_path / "g"))
+    assert "colour video" not in capsys.readouterr().out  # the grey video of the same scene: no such warning
+
+
+def test_scene_warnings_by_hand():
+    from scene import MIN_RANGE_DB, PSNR_DROP_DB, mismatch_warnings
+    normal = [30.0, 31.0, 32.5]
+    assert mismatch_warnings(normal, 1.0, (31.5, "calibration"), True, "video") == []
+    far = mismatch_warnings([20.0, 21.0, 23.0], 1.0, (31.5, "calibration"), True, "causal")
+    assert len(far) == 1 and "median PSNR 21.0 dB against 31.5 dB" in far[0]
+    assert mismatch_warnings([31.5 - PSNR_DROP_DB + 0.1] * 3, 1.0, (31.5, "c"), True, "causal") == []
+    assert mismatch_warnings(normal, 20.0, None, None, "causal") == []  # unknown training colour: nothing said
+    flat = mismatch_warnings([30.0, 30.0 + MIN_RANGE_DB / 2], 1.0, None, None, "video")
+    assert len(flat) == 1 and "spans only" in flat[0]
+    assert mismatch_warnings([30.0, 30.0 + MIN_RANGE_DB / 2], 1.0, None, None, "causal") == []
