@@ -170,6 +170,7 @@ class JobStore:
             if len(self.running()) >= self.max_running:
                 raise Busy("a job is running: wait for it or stop it first (one at a time on this machine)")
             job = Job(f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}", kind, title, stages, outputs)
+            self.log_path(job.id).touch()
             self.save(job)
         self._launch(job, on_done)
         return job
