@@ -10,22 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import cv2
 import pytest
 
 from conftest import ROOT
+from webapp.browser import browser_page, detect_in_page, find_chromium, running_app
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM = find_chromium()
 SHOTS = os.environ.get("FFP_SCREENSHOTS", "")
 
 
@@ -37,12 +32,6 @@ def write_video(path: Path, frames_dir: Path, first: int, count: int, fps: float
         writer.write(cv2.imread(str(f)))
     writer.release()
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -64,32 +53,10 @@ def served(toy_root, tmp_path_factory):
     for k, video in enumerate(sorted(train_frames.iterdir())[:2]):  # normal footage for Adapt
         write_video(media / f"normal_{k + 1}.mp4", video, 0, 40)
     clip = write_video(home / "toy_clip.mp4", sorted((toy_root / "toy" / "testing" / "frames").iterdir())[0], 0, 60)
-    port = free_port()
-    log = open(home / "app.log", "w")
-    server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), f"--port={port}", f"--weights_dir={weights}",
-                               f"--results_dir={home / 'results'}", f"--state_dir={home / 'state'}",
-                               f"--media={media}"], cwd=home, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/api/jobs", timeout=2)
-            break
-        except OSError:
-            assert server.poll() is None, (home / "app.log").read_text()
-            assert time.monotonic() < deadline, "the app did not start"
-            time.sleep(0.2)
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(url)
-        page.wait_for_selector("body[data-ready='1']")
+    flags = [f"--weights_dir={weights}", f"--results_dir={home / 'results'}", f"--state_dir={home / 'state'}",
+             f"--media={media}"]
+    with running_app(home, flags) as url, browser_page(url, CHROMIUM) as page:
         yield {"page": page, "url": url, "clip": clip, "home": home}
-        browser.close()
-    server.terminate()
-    server.wait(timeout=20)
-    log.close()
 
 
 def shot(page, name: str) -> None:
@@ -102,13 +69,8 @@ def test_detect_plays_the_marked_video_with_its_timeline_and_events(served):
     page = served["page"]
     options = page.eval_on_selector("#checkpoint", "s => [...s.options].map(o => o.value)")
     assert "latest_toy.pth" in options
-    page.select_option("#checkpoint", "latest_toy.pth")
-    page.set_input_files("#video-file", str(served["clip"]))
-    page.wait_for_function("document.getElementById('video').value.includes('toy_clip.mp4')")
-    page.click("#run")
-    page.wait_for_selector("#detect-result:not(.hidden)", timeout=180_000)
+    detect_in_page(page, "latest_toy.pth", served["clip"], timeout_ms=180_000)  # until the video has frames
     assert page.is_hidden("#detect-error")
-    page.wait_for_function("document.getElementById('player').readyState >= 2", timeout=30_000)  # decoded frames
     run = page.eval_on_selector("#downloads a", "a => decodeURIComponent(a.pathname.split('/')[2])")
     summary = json.loads((served["home"] / "results" / run / "summary.json").read_text())
     assert summary["predicted_frames"] == 60 - 4

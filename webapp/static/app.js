@@ -138,6 +138,8 @@ async function follow(job, ids, onDone) {
 
 $("run").addEventListener("click", async () => {
   showError("detect-error", null);
+  $("detect-result").classList.add("hidden");  // the previous result goes until this one is ready
+  current = null;
   try {
     const body = { checkpoint: $("checkpoint").value, video: JSON.parse($("video").value || "null"),
                    norm: $("norm").value, fpr: parseFloat($("fpr").value) };
