@@ -128,3 +128,13 @@ def load_networks(path: Path | str, state: dict[str, Any], cfg: Config,
                      f"--model={cfg.model} scores with its --discriminator={cfg.discriminator}, which the checkpoint "
                      f"does not hold")
     return generator, discriminator
+
+
+def selection_rule(checkpoint: Path | str) -> str:
+    """How the run chose this checkpoint, from its name (what results tables must state beside an AUC)."""
+    stem = Path(checkpoint).stem
+    for prefix, rule in (("g_best_auc", "best on test (looks at the test labels)"),
+                         ("g_best_val", "held-out PSNR (no test labels)"), ("latest", "last checkpoint")):
+        if stem.startswith(prefix):
+            return rule
+    return f"as named ({stem})"

@@ -29,7 +29,8 @@ import torch
 import distributed
 from autotune import inference_settings
 from calibration import Calibration, benchmark_rates, calibration_path, file_sha256
-from checkpoint import architecture_conflicts, load_networks, read_for_scoring, resolve_checkpoint
+from checkpoint import (architecture_conflicts, load_networks, read_for_scoring, resolve_checkpoint,
+                        selection_rule)
 from cli import parse_command_line
 from config import NON_NEGATIVE, Config, Flag, Range, fields_of
 from dataset import TestSet, TrainClips, VideoSet, evenly_spaced, to_model_range
@@ -180,7 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not distributed.is_main():
         return 0
     pixel = pixels.result() if pixels else None
-    info = {"model": described, "dataset": cfg.dataset,
+    checkpoint = None if baseline else resolve_checkpoint(checkpoint_name, weights_dir)
+    info = {"model": described, "dataset": cfg.dataset, "checkpoint": checkpoint and str(checkpoint),
+            "selection": selection_rule(checkpoint) if checkpoint else "none (no training)",
             **({**pixel.as_dict(), "pixel_masks": mask_where} if pixel else {"pixel_level": mask_where})}
     if baseline:
         causal, causal_rows = {}, []

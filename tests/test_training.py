@@ -175,6 +175,9 @@ def test_train_then_eval_from_the_command_line_writes_every_artifact(small_cfg, 
     assert {"metrics.json", "scores.csv", "scores.npz", "config.json", "roc.png", "video_01.png"} <= names
     metrics = json.loads((folder / "metrics.json").read_text())
     assert 0 <= metrics["micro_auc"] <= 1 and metrics["n_frames"] == 10 * (160 - 4)
+    # what a results table must state beside the AUC: the labels, and how the checkpoint was chosen
+    assert metrics["selection"] == "best on test (looks at the test labels)" and metrics["label_source"]
+    assert metrics["checkpoint"].endswith("g_best_auc_toy.pth")
     assert len((folder / "scores.csv").read_text().splitlines()) == 1 + 10 * 156
 
     # --quantize=int8: calibrated on training clips, results beside the float ones, the same frames scored.

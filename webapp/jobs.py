@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 _BAR = re.compile(r"(?:(?P<desc>[^\r\n|]*?):\s+)?(?P<pct>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*"
                   r"\[(?P<elapsed>[\d:]+)<(?P<eta>[\d:?]+),\s*(?P<rate>[\d.?]+)\s*(?P<unit>[^/\]]*)/s")
 FINAL = ("done", "failed", "stopped", "interrupted")
+STOP_GRACE_S = 20.0  # after the stop button's SIGINT, seconds before SIGTERM (and as many again before SIGKILL)
 
 
 class Busy(Exception):
@@ -232,7 +233,9 @@ class JobStore:
             on_done(job)
 
     def stop(self, job_id: str) -> bool:
-        """The stop button: SIGINT to the running stage (train.py saves a checkpoint first); True if it ran."""
+        """The stop button: SIGINT to the running stage (train.py saves a checkpoint first, then exits); SIGTERM
+        after :data:`STOP_GRACE_S` and SIGKILL after twice that if it is still running (a stage that ignores
+        SIGINT, as a program started in the background by a shell does).  True if it was running."""
         proc = self._procs.get(job_id)
         if proc is None or proc.poll() is not None:
             return False
@@ -241,6 +244,7 @@ class JobStore:
             os.killpg(proc.pid, signal.SIGINT)
         except OSError:
             return False
+        threading.Thread(target=_escalate, args=(proc,), daemon=True).start()
         return True
 
     def wait(self, job_id: str, timeout: float) -> Job:
@@ -252,6 +256,18 @@ class JobStore:
                 return job
             time.sleep(0.1)
         raise TimeoutError(f"job {job_id} still running after {timeout} s")
+
+
+def _escalate(proc: subprocess.Popen) -> None:
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+            return
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signum)
+            except OSError:
+                return
 
 
 def resume_training(argv: list[str]) -> list[str]:
