@@ -51,8 +51,11 @@ def settings_from(args: argparse.Namespace):
     folders = {}
     for name in ("weights_dir", "results_dir", "state_dir"):
         folders[name] = ensure_writable_dir(Path(getattr(args, name)).resolve(), f"--{name}", "choose another")
-    return Settings(media_dirs=media, max_upload_bytes=int(args.max_upload_mb * 2**20), max_jobs=args.jobs,
-                    train_iters=args.train_iters, **folders)
+    settings = Settings(media_dirs=media, max_upload_bytes=int(args.max_upload_mb * 2**20), max_jobs=args.jobs,
+                        train_iters=args.train_iters, **folders)
+    if args.host not in LOCAL_HOSTS:  # reached by other names: any Host header (the warning says what that means)
+        settings.allowed_hosts = ["*"]
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,8 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"the page has no login", file=sys.stderr)
     import uvicorn  # the server: only when serving (the tests build the app without it)
 
+    from webapp.jobs import InUse
     from webapp.server import create_app
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except InUse as exc:
+        raise UserError(str(exc)) from None
     print(f"ffp-vad app: http://{'127.0.0.1' if args.host in LOCAL_HOSTS else args.host}:{args.port}  "
           f"(weights {settings.weights_dir}, results {settings.results_dir}; Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -71,6 +71,7 @@ class Calibration:
     img_size: int
     videos: list[str] = field(default_factory=list)
     note: str = ""
+    score: str = "psnr"  # the frame score (scores.py) the values are in; files older than --score are PSNR
 
     def __post_init__(self) -> None:
         self.values = np.sort(np.asarray(self.values, dtype=np.float64))
@@ -110,6 +111,7 @@ class Calibration:
             "kind": KIND, "version": VERSION, "checkpoint": str(checkpoint),
             "checkpoint_sha256": self.checkpoint_sha256, "img_size": self.img_size, "source": self.source,
             "videos": self.videos, "n_frames": self.n_frames, "optimistic": self.optimistic, "note": self.note,
+            "score": self.score,
             "created": datetime.datetime.now().isoformat(timespec="seconds"), **(extra or {}),
             stored: [round(float(v), 4) for v in values],
         }
@@ -136,7 +138,7 @@ class Calibration:
             raise UserError(f"calibration {path} holds no PSNR values: delete it and run with --calibrate")
         return cls(np.asarray(values), int(payload["n_frames"]), payload["source"], bool(payload["optimistic"]),
                    payload["checkpoint_sha256"], int(payload["img_size"]), list(payload.get("videos", [])),
-                   payload.get("note", ""))
+                   payload.get("note", ""), str(payload.get("score", "psnr")))
 
 
 # --- computing a calibration ----------------------------------------------------------------------------------
@@ -162,9 +164,10 @@ def normal_videos(names: Sequence[str], counts: Sequence[int], holdout: int, cli
 
 
 def from_psnr(values: Sequence[float], source: str, checkpoint_sha256: str, img_size: int, optimistic: bool,
-              videos: Sequence[str] = (), note: str = "") -> Calibration:
+              videos: Sequence[str] = (), note: str = "", score: str = "psnr") -> Calibration:
     values = np.asarray(values, dtype=np.float64)
-    return Calibration(values, int(values.size), source, optimistic, checkpoint_sha256, img_size, list(videos), note)
+    return Calibration(values, int(values.size), source, optimistic, checkpoint_sha256, img_size, list(videos), note,
+                       score)
 
 
 def from_dataset(generator, cfg, device, amp_dtype, channels_last: bool, checkpoint_sha256: str,
@@ -182,7 +185,7 @@ def from_dataset(generator, cfg, device, amp_dtype, channels_last: bool, checkpo
     split = (f"the {holdout} held-out training videos" if not optimistic
              else "the training videos the network was trained on (optimistic: see calibration.py)")
     return from_psnr(np.concatenate(values), f"{cfg.dataset} training split at {frames_dir(cfg, 'training')}",
-                     checkpoint_sha256, cfg.img_size, optimistic, subset.names, note=split)
+                     checkpoint_sha256, cfg.img_size, optimistic, subset.names, note=split, score=cfg.score)
 
 
 def benchmark_rates(calib: Calibration, psnr_values: np.ndarray, labels: np.ndarray, fpr: float) -> dict:

@@ -242,6 +242,9 @@ class Config:
     score_norm: str = setting(
         "video", "evaluation", "min-max the anomaly score per video (FFP protocol) or over the test set",
         choices=("video", "global"), kinds={_EVAL})
+    score: str = setting(
+        "psnr", "evaluation", "frame score of prediction methods (scores.py): psnr (the paper), box16, box32, top5, "
+        "top1, moving", kinds={_EVAL})
     score_lambda: float = setting(
         0.9, "evaluation",
         "Skip-GANomaly: score = lambda * reconstruction error + (1 - lambda) * latent error",

@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gap", type=float, default=1.0, help="merge flagged intervals closer than this (seconds)")
     p.add_argument("--fps", type=float, default=0.0, help="frame rate (default: the video's; 25 for a folder)")
     p.add_argument("--max_frames", type=int, default=0, help="stop after this many frames (0 = all)")
+    p.add_argument("--score", default="", help="frame score (scores.py): psnr (default, the paper's), box16, box32, "
+                                               "top5, top1, moving")
     p.add_argument("--sigma", type=float, default=None, help="smoothing of the error map in model pixels")
     p.add_argument("--heat_max", type=float, default=DEFAULT_HEAT_MAX,
                    help="squared error at which the heatmap saturates")
@@ -138,7 +140,7 @@ def check_options(args: argparse.Namespace) -> None:
 def load_generator(args: argparse.Namespace):
     """(config, generator, checkpoint path) for this run's flags (predictor.load_generator checks it can stream)."""
     overrides = {k: getattr(args, k) for k in ("device", "amp", "channels_last", "num_threads", "data_root",
-                                               "cache_dir") if getattr(args, k)}
+                                               "cache_dir", "score") if getattr(args, k)}
     overrides["eval_batch_size"] = args.batch_size  # 0 = automatic: the training machine's setting does not apply
     return load_stream_generator(args.trained_model, args.weights_dir, overrides, args.img_size)
 
@@ -242,10 +244,10 @@ def render(layout: Layout, p: Prediction, banner: str, color, heat_max: float) -
     return np.vstack([_banner(layout, banner, color), np.hstack([frame, predicted, heat])])
 
 
-def banner_text(p: Prediction, t: float, score: float, flagged: bool, n_inputs: int) -> str:
+def banner_text(p: Prediction, t: float, score: float, flagged: bool, n_inputs: int, value: str = "PSNR") -> str:
     if p.psnr is None:
         return f"frame {p.index}  t={t:.2f}s  warming up: needs {n_inputs} previous frames"
-    return (f"frame {p.index}  t={t:.2f}s  PSNR {p.psnr:.2f} dB  score {score:.3f}"
+    return (f"frame {p.index}  t={t:.2f}s  {value} {p.psnr:.2f} dB  score {score:.3f}"
             + ("  ANOMALY" if flagged else ""))
 
 
@@ -294,11 +296,16 @@ def labels_for(path: str, intervals, video_name: str, n_frames: int) -> np.ndarr
     return labels_from_intervals(Path(path), renamed, [video_name], [n_frames])[0]
 
 
+def value_name(cfg) -> str:
+    """What the per-frame dB value is: PSNR, or the --score's value (scores.py)."""
+    return "PSNR" if cfg.score == "psnr" else cfg.score
+
+
 def scores_csv(frames: np.ndarray, times: np.ndarray, psnrs: np.ndarray, scores: np.ndarray, flagged: np.ndarray,
-               labels: Optional[np.ndarray]) -> str:
+               labels: Optional[np.ndarray], column: str = "psnr") -> str:
     rows = io.StringIO()
     writer = csv.writer(rows)
-    writer.writerow(["frame", "time_s", "psnr", "score", "flagged"] + (["label"] if labels is not None else []))
+    writer.writerow(["frame", "time_s", column, "score", "flagged"] + (["label"] if labels is not None else []))
     for k in range(len(frames)):
         writer.writerow([int(frames[k]), f"{times[k]:.3f}", f"{psnrs[k]:.4f}", f"{scores[k]:.6f}", int(flagged[k])]
                         + ([int(labels[k])] if labels is not None else []))
@@ -307,7 +314,7 @@ def scores_csv(frames: np.ndarray, times: np.ndarray, psnrs: np.ndarray, scores:
 
 def plot_scores(path: Path, times: np.ndarray, scores: np.ndarray, psnrs: np.ndarray, threshold: float,
                 psnr_threshold: Optional[float], events: list[dict], labels: Optional[np.ndarray], title: str,
-                frame_s: float) -> None:
+                frame_s: float, value: str = "PSNR") -> None:
     plt = pyplot()
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 4.6), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     for axis in (top, bottom):
@@ -324,7 +331,7 @@ def plot_scores(path: Path, times: np.ndarray, scores: np.ndarray, psnrs: np.nda
     bottom.plot(times, psnrs, color="tab:green", lw=1)
     if psnr_threshold is not None:
         bottom.axhline(psnr_threshold, color="tab:red", ls="--", lw=1)
-    bottom.set(xlabel="time (s)", ylabel="PSNR (dB)")
+    bottom.set(xlabel="time (s)", ylabel=f"{value} (dB)")
     save_figure(figure, path)
 
 
@@ -347,19 +354,22 @@ def get_calibration(args, cfg, generator, checkpoint: Path, device, amp_dtype, c
     sha = cal.file_sha256(checkpoint)
     if not args.calibrate and path.exists():
         existing = cal.Calibration.load(path)
-        if existing.checkpoint_sha256 == sha and existing.img_size == cfg.img_size:
+        same_checkpoint = existing.checkpoint_sha256 == sha and existing.img_size == cfg.img_size
+        if same_checkpoint and existing.score == cfg.score:
             return existing, path, False
+        why = (f"was made with --score={existing.score}, not --score={cfg.score}" if same_checkpoint
+               else "was made for another checkpoint")
         if not args.calibration and not cal.dataset_available(cfg):
-            raise UserError(f"calibration {path} was made for another checkpoint: run with --calibrate (the "
-                            f"training data) or --calibrate=<video of normal activity>")
-        print(f"note: {path} was made for another checkpoint: calibrating again")
+            raise UserError(f"calibration {path} {why}: run with --calibrate (the training data) or "
+                            f"--calibrate=<video of normal activity>")
+        print(f"note: {path} {why}: calibrating again")
     if args.calibrate and args.calibrate != "dataset":
         normal = open_source(args.calibrate, args.fps)
         predictor = StreamPredictor(generator, cfg, device, amp_dtype, channels_last, sigma, maps=False)
         values = [p.psnr for p in _progress(predictor.run(normal.frames()), normal.n_frames, "calibrating",
                                             args.progress) if p.psnr is not None]
         result = cal.from_psnr(values, f"normal footage {args.calibrate}", sha, cfg.img_size, optimistic=False,
-                               videos=[normal.name], note="user-supplied normal footage")
+                               videos=[normal.name], note="user-supplied normal footage", score=cfg.score)
     else:
         if not cal.dataset_available(cfg):
             raise UserError(f"no calibration for {checkpoint} ({path} does not exist) and no training frames at "
@@ -458,7 +468,16 @@ class PredictionSpill:
 
     @property
     def complete(self) -> bool:
-        return self.file is not None
+        """Whether every prediction is on disk (flushed: a full disk shows here, not in the middle of pass 2)."""
+        if self.file is None:
+            return False
+        try:
+            self.file.flush()
+        except OSError as exc:
+            self.close()
+            print(f"note: cannot keep pass 1's predictions on disk ({exc.strerror}): pass 2 predicts again")
+            return False
+        return True
 
     def add(self, p: Prediction) -> None:
         if self.file is None:
@@ -566,7 +585,7 @@ def _detect_stream(args, source, run: Run, layout: Layout, live: bool, total: Op
                 indices.append(p.index)
                 psnrs.append(p.psnr)
                 scores.append(score)
-                writer.write(render(layout, p, banner_text(p, t, score, flagged, cfg.n_inputs),
+                writer.write(render(layout, p, banner_text(p, t, score, flagged, cfg.n_inputs, value_name(cfg)),
                                     BANNER_RED if flagged else BANNER_GREEN, args.heat_max))
             if not psnrs:
                 raise too_short(args, n_frames, cfg)
@@ -604,9 +623,18 @@ def reference_psnr(run: Run) -> Optional[tuple[float, str]]:
 
 
 def scene_warnings(run: Run, track: Track) -> list[str]:
-    """scene.py's checks for this video and checkpoint, each printed as a warning line (and kept in summary.json)."""
-    found = mismatch_warnings(track.psnrs, track.colour_spread, reference_psnr(run), trained_on_grey(run.cfg),
-                              run.norm)
+    """scene.py's checks for this video and checkpoint, each printed as a warning line (and kept in summary.json).
+    A check that cannot be made (an unreadable calibration or training frame) is skipped: a warning never fails a
+    run."""
+    try:
+        reference = reference_psnr(run)
+    except (UserError, OSError):
+        reference = None
+    try:
+        grey = trained_on_grey(run.cfg)
+    except (UserError, OSError):
+        grey = None
+    found = mismatch_warnings(track.psnrs, track.colour_spread, reference, grey, run.norm)
     for line in found:
         print(f"warning: {line}")
     return found
@@ -615,6 +643,7 @@ def scene_warnings(run: Run, track: Track) -> list[str]:
 def write_outputs(args: argparse.Namespace, source, run: Run, track: Track, intervals) -> dict:
     """scores.csv, events.json, summary.json and scores.png (each written to a temporary name and renamed)."""
     cfg, calib = run.cfg, run.calib
+    warnings = scene_warnings(run, track)  # before any file is written
     if run.norm == "video":
         threshold, psnr_threshold = args.threshold, None
     else:
@@ -622,17 +651,19 @@ def write_outputs(args: argparse.Namespace, source, run: Run, track: Track, inte
     events = merge_events(track.frames, track.flagged, track.scores, track.times, int(round(args.gap * source.fps)))
     labels = (labels_for(args.labels, intervals, source.name, track.n_frames)[track.frames]
               if intervals is not None else None)
+    column = "psnr" if cfg.score == "psnr" else f"{cfg.score}_db"
     atomic_write_text(run.folder / "scores.csv", scores_csv(track.frames, track.times, track.psnrs, track.scores,
-                                                            track.flagged, labels))
+                                                            track.flagged, labels, column))
     summary = {
         "video": args.video, "source_kind": source.kind, "fps": source.fps, "frames": track.n_frames,
         "predicted_frames": int(len(track.frames)), "warm_up_frames": min(track.n_frames, cfg.n_inputs),
         "checkpoint": str(run.checkpoint), "img_size": cfg.img_size, "clip_len": cfg.clip_len, "norm": run.norm,
+        "frame_score": cfg.score,
         "threshold": threshold, "flagged_frames": int(track.flagged.sum()), "events": len(events),
         "merge_gap_s": args.gap, "map_sigma_px": run.sigma, "seconds": round(track.seconds, 2),
         "frames_per_second": round(track.n_frames / track.seconds, 2) if track.seconds > 0 else None,
         "passes": 2 if run.norm == "video" else 1, "stopped_by_user": track.stopped,
-        "warnings": scene_warnings(run, track),
+        "warnings": warnings,
     }
     if calib is not None:
         summary.update(fpr=args.fpr, psnr_threshold=psnr_threshold, calibration=str(run.calib_path),
@@ -648,7 +679,8 @@ def write_outputs(args: argparse.Namespace, source, run: Run, track: Track, inte
                                                               "events": events}, indent=2) + "\n")
     atomic_write_text(run.folder / "summary.json", json.dumps(summary, indent=2) + "\n")
     plot_scores(run.folder / "scores.png", track.times, track.scores, track.psnrs, threshold, psnr_threshold, events,
-                labels, f"{source.name}: {run.norm} scores ({run.checkpoint.stem})", 1.0 / source.fps)
+                labels, f"{source.name}: {run.norm} scores ({run.checkpoint.stem})", 1.0 / source.fps,
+                value_name(cfg))
     return summary
 
 

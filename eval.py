@@ -42,6 +42,7 @@ from methods import method_for
 from models import build_generator, is_trainable
 from models.quantize import quantize_int8
 from runtime import configure_threads, resolve_device
+from scores import frame_score
 
 # Flags that may differ from the checkpoint's config at evaluation time (data location, hardware, outputs): the
 # fields of kind "eval_override" in config.py.
@@ -110,7 +111,8 @@ def calibration_batches(cfg: Config, clips, batch_size: int = 4):
     return [split(to_model_range(clips[lo:lo + batch_size]))[0] for lo in range(0, len(clips), batch_size)]
 
 
-def causal_rates(checkpoint_name: str, weights_dir: str, result, fpr: float) -> tuple[dict, list[tuple[str, str]]]:
+def causal_rates(checkpoint_name: str, weights_dir: str, result, fpr: float,
+                 score: str = "psnr") -> tuple[dict, list[tuple[str, str]]]:
     """The causal detector of detect.py on this test set, when the checkpoint has a calibration (made by detect.py
     --norm=causal, or --calibrate): its AUC and, at the target false-alarm rate ``fpr`` (--fpr, 0.01), how many
     normal and anomalous test frames it flags."""
@@ -121,6 +123,9 @@ def causal_rates(checkpoint_name: str, weights_dir: str, result, fpr: float) -> 
     calib = Calibration.load(path)
     if calib.checkpoint_sha256 != file_sha256(checkpoint):
         return {}, [("causal score", f"{path} was made for another checkpoint (detect.py --calibrate)")]
+    if calib.score != score:
+        return {}, [("causal score", f"{path} is in --score={calib.score}, not --score={score} "
+                                     f"(detect.py --score={score} --calibrate makes one)")]
     rates = benchmark_rates(calib, np.concatenate(result.psnr), np.concatenate(result.labels), fpr)
     where = "training frames, optimistic" if calib.optimistic else "held-out normal frames"
     return rates, [
@@ -139,6 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if writes and "results_dir" in explicit:  # before the model loads; without the flag the checkpoint's is used
         ensure_writable_dir(cfg.results_dir, "results folder", RESULTS_FIX)
     cfg, generator, discriminator, run, described = load_model(cfg, explicit)
+    frame_score(cfg.score)  # an unknown --score is one line before anything runs
+    if cfg.score != "psnr":
+        if not method_for(cfg).scores_by_psnr:
+            raise UserError(f"--score={cfg.score} is a frame score of prediction methods (scores.py); --model="
+                            f"{cfg.model} has its own score: drop --score")
+        run += f"_{cfg.score}"  # beside the PSNR results of the same checkpoint, not over them
     if writes:  # the run folder write_results fills, proven writable before any frame is predicted
         ensure_writable_dir(Path(cfg.results_dir) / (f"{run}_int8" if quantize == "int8" else run),
                             "results folder", RESULTS_FIX)
@@ -183,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pixel = pixels.result() if pixels else None
     checkpoint = None if baseline else resolve_checkpoint(checkpoint_name, weights_dir)
     info = {"model": described, "dataset": cfg.dataset, "checkpoint": checkpoint and str(checkpoint),
+            "frame_score": cfg.score,
             "selection": selection_rule(checkpoint) if checkpoint else "none (no training)",
             **({**pixel.as_dict(), "pixel_masks": mask_where} if pixel else {"pixel_level": mask_where})}
     if baseline:
@@ -190,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif quantize == "int8":  # the calibration's PSNR threshold is the float generator's; int8 predicts 1.5-4 dB lower
         causal, causal_rows = {}, [("causal score", "not with --quantize=int8 (calibrated for the float generator)")]
     else:
-        causal, causal_rows = causal_rates(checkpoint_name, weights_dir, result, extra.get("fpr", 0.01))
+        causal, causal_rows = causal_rates(checkpoint_name, weights_dir, result, extra.get("fpr", 0.01), cfg.score)
     folder = Path(cfg.results_dir) / run
     write_results(folder, result, test_set, cfg, {**info, **causal}, cfg.plots)
     print(summary_table(result, f"{cfg.dataset}: {described}; labels from {test_set.label_source}", pixel,

@@ -25,8 +25,9 @@ from errors import UserError
 from dataset import TestSet, VideoSet, iter_test_batches, n_predicted_frames, to_model_range
 from ioutil import atomic_path, atomic_write_text
 from methods import method_for
-from metrics import FrameMetrics, anomaly_scores, metrics_of_scores, normalise_scores, psnr
+from metrics import FrameMetrics, anomaly_scores, metrics_of_scores, normalise_scores
 from runtime import autocast, eval_batch_size
+from scores import frame_score
 
 
 # Called after every batch with (video index, target frame indices, prediction, target), images in [-1, 1]:
@@ -39,8 +40,9 @@ def predict_psnr(generator: nn.Module, videos: VideoSet, cfg: Config, device: to
                  amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
                  progress: bool = True, on_batch: Optional[BatchHook] = None,
                  errors: Optional["FrameErrorCollector"] = None) -> list[np.ndarray]:
-    """PSNR of every predicted frame (targets clip_len-1 .. T-1), one array per video, batched over frames.
-    ``errors`` keeps the method's other per-frame errors of the same predictions."""
+    """PSNR of every predicted frame (targets clip_len-1 .. T-1), one array per video, batched over frames: the
+    value of ``--score`` in dB (scores.py; PSNR itself by default).  ``errors`` keeps the method's other per-frame
+    errors of the same predictions."""
     was_training = generator.training
     generator.eval()
     out = [np.empty(max(0, n - cfg.clip_len + 1), dtype=np.float64) for n in videos.counts]
@@ -48,6 +50,7 @@ def predict_psnr(generator: nn.Module, videos: VideoSet, cfg: Config, device: to
                disable=not progress, leave=False)
     batch_size = eval_batch_size(cfg, device)
     method = method_for(cfg)
+    score = frame_score(cfg.score)
     for v, targets, clips in iter_test_batches(videos, cfg.clip_len, batch_size):
         x = to_model_range(clips.to(device, non_blocking=True))
         inputs, target = method.split(x)
@@ -55,7 +58,7 @@ def predict_psnr(generator: nn.Module, videos: VideoSet, cfg: Config, device: to
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
             prediction, terms = method.predict(generator, inputs)
-        out[v][targets - (cfg.clip_len - 1)] = psnr(prediction.float(), target).cpu().numpy()
+        out[v][targets - (cfg.clip_len - 1)] = score(prediction.float(), target, x[:, -2]).cpu().numpy()
         if errors is not None:
             errors.add(v, targets, prediction.float(), target, terms)
         if on_batch is not None:

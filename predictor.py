@@ -31,8 +31,8 @@ from dataset import to_model_range
 from errors import UserError
 from localization import DEFAULT_SIGMA, anomaly_maps
 from methods import method_for
-from metrics import psnr
 from runtime import autocast, configure_threads, eval_batch_size, resolve_device
+from scores import frame_score
 
 
 @dataclass
@@ -89,6 +89,7 @@ class StreamPredictor:
         self.generator, self.cfg, self.device = generator, cfg, device
         self.amp_dtype, self.channels_last, self.sigma, self.maps = amp_dtype, channels_last, sigma, maps
         self.method = method_for(cfg)
+        self.score = frame_score(cfg.score)
         self.batch_size = eval_batch_size(cfg, device)
 
     @classmethod
@@ -133,7 +134,7 @@ class StreamPredictor:
         with autocast(self.device, self.amp_dtype):
             prediction, _ = self.method.predict(self.generator, inputs)
         prediction = prediction.float()
-        values = psnr(prediction, target).cpu().numpy()
+        values = self.score(prediction, target, x[:, -2]).cpu().numpy()  # PSNR, or --score's dB value
         if not self.maps:
             return [Prediction(i, f, float(v)) for (i, f, _), v in zip(pending, values)]
         maps = anomaly_maps(prediction, target, self.sigma).cpu().numpy()

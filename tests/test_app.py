@@ -16,7 +16,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from webapp.files import Refused, inside, listing  # noqa: E402
-from webapp.jobs import Busy, JobStore, Stage, progress_of, resume_training  # noqa: E402
+from webapp.jobs import Busy, InUse, JobStore, Stage, _start_time, progress_of, resume_training  # noqa: E402
 from webapp.server import Settings, create_app  # noqa: E402
 
 
@@ -77,7 +77,9 @@ def test_a_restarted_app_marks_a_job_cut_off_and_stops_its_orphan(tmp_path):
         first.wait(record.id, 60)
         job = first.get(record.id)
         job.state, job.pid, job.ended = "running", orphan.pid, None  # as if the app died while it ran
+        job.pid_started = _start_time(orphan.pid)
         first.save(job)
+        first.close()  # the app that ran it is gone
         again = JobStore(folder)  # the restart
         found = again.get(record.id)
         assert found.state == "interrupted" and "resume it" in found.error
@@ -152,7 +154,8 @@ def client(tmp_path):
     media.mkdir()
     (media / "clip.mp4").write_bytes(b"not really a video")
     settings = Settings(weights_dir=tmp_path / "weights", results_dir=tmp_path / "results",
-                        state_dir=tmp_path / "state", media_dirs=[media], max_upload_bytes=1000)
+                        state_dir=tmp_path / "state", media_dirs=[media], max_upload_bytes=1000,
+                        allowed_hosts=["testserver"])
     with TestClient(create_app(settings)) as c:
         c.settings = settings
         yield c
@@ -197,3 +200,100 @@ def test_app_py_refuses_bad_flags_in_one_line(tmp_path):
                            f"--state_dir={tmp_path / 's'}"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
     assert "--media=" in done.stderr and "no such folder" in done.stderr
+
+
+def test_one_app_per_state_folder_and_a_reused_pid_is_never_signalled(tmp_path):
+    first = JobStore(tmp_path / "jobs")
+    with pytest.raises(InUse, match="another app.py uses"):
+        JobStore(tmp_path / "jobs")
+    first.close()
+    JobStore(tmp_path / "jobs").close()
+    # a record whose pid now belongs to another process (this test's own): marked, and that process left alone
+    store = JobStore(tmp_path / "jobs2")
+    job = store.wait(store.start("detect", "t", [py("pass")], {}).id, 60)
+    job.state, job.pid, job.pid_started = "running", os.getpid(), "not its start time"
+    store.save(job)
+    store.close()
+    assert JobStore(tmp_path / "jobs2").get(job.id).state == "interrupted"  # and we are still running
+
+
+def test_requests_from_other_host_names_are_refused(client):
+    assert client.get("/api/jobs").status_code == 200
+    assert client.get("/api/jobs", headers={"host": "evil.example:7860"}).status_code == 400
+
+
+def test_bad_numbers_and_names_are_one_line_refusals(client):
+    video = {"root": "media0", "path": "clip.mp4"}
+    (client.settings.weights_dir / "a.pth").write_bytes(b"x")
+    r = client.post("/api/detect", json={"checkpoint": "a.pth", "video": video, "norm": "causal", "fpr": "abc"})
+    assert r.status_code == 400 and "false-alarm rate must be a number" in r.json()["detail"]
+    r = client.post("/api/detect", json={"checkpoint": "a.pth", "video": video, "norm": "causal", "fpr": 2})
+    assert r.status_code == 400 and "between" in r.json()["detail"]
+    r = client.post("/api/adapt", json={"name": "cam", "footage": [video], "iters": "many"})
+    assert r.status_code == 400 and "training steps must be a number" in r.json()["detail"]
+    r = client.post("/api/adapt", json={"name": " ", "footage": [video]})
+    assert r.status_code == 400 and "give the camera a name" in r.json()["detail"]
+    r = client.post("/api/adapt", json={"name": "cam", "footage": [video], "base": "a.pth"})
+    assert r.status_code == 400 and "not a frame-prediction checkpoint" in r.json()["detail"]
+    assert not (client.settings.state_dir / "adapt").exists()  # nothing laid out for a refused request
+
+
+def test_a_second_job_is_refused_while_one_runs_and_changes_nothing(client):
+    jobs = client.app.state.jobs
+    running = jobs.start("detect", "t", [py(DEFAULT_SIGINT + "import time; time.sleep(60)")], {})
+    try:
+        r = client.post("/api/adapt", json={"name": "cam", "footage": [{"root": "media0", "path": "clip.mp4"}]})
+        assert r.status_code == 409 and "a job is running" in r.json()["detail"]
+        assert not (client.settings.state_dir / "adapt").exists()
+    finally:
+        jobs.stop(running.id)
+        jobs.wait(running.id, 30)
+
+
+@pytest.fixture
+def checkpoint_bytes(small_cfg, tmp_path):
+    from checkpoint import save_checkpoint
+    from models import build_generator
+    cfg = small_cfg.replace(dataset="toy")
+    path = tmp_path / "made.pth"
+    save_checkpoint(path, {"step": 7, "generator": build_generator(cfg).state_dict(), "config": cfg.__dict__})
+    return path.read_bytes()
+
+
+def test_a_checkpoint_upload_is_listed_and_never_replaces_one_of_the_same_name(client, checkpoint_bytes):
+    client.settings.max_upload_bytes = 50 * 2**20
+    first = client.put("/api/upload/checkpoint?name=mine.pth", content=checkpoint_bytes)
+    assert first.status_code == 200, first.text
+    assert (first.json()["path"], first.json()["step"], first.json()["dataset"]) == ("uploaded/mine.pth", 7, "toy")
+    assert client.put("/api/upload/checkpoint?name=mine.pth", content=b"garbage").status_code == 400
+    assert (client.settings.weights_dir / "uploaded" / "mine.pth").read_bytes() == checkpoint_bytes  # intact
+    second = client.put("/api/upload/checkpoint?name=mine.pth", content=checkpoint_bytes)
+    assert second.status_code == 200 and second.json()["path"] != "uploaded/mine.pth"  # beside it, not over it
+    listed = {c["path"] for c in client.get("/api/checkpoints").json()}
+    assert {"uploaded/mine.pth", second.json()["path"]} <= listed
+
+
+def test_detect_through_the_api_then_its_result_and_a_ranged_video(client, checkpoint_bytes, tmp_path):
+    import cv2
+    import numpy as np
+    client.settings.max_upload_bytes = 50 * 2**20
+    assert client.put("/api/upload/checkpoint?name=toy.pth", content=checkpoint_bytes).status_code == 200
+    clip = client.settings.media_dirs[0] / "walk.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (48, 32))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        writer.write(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8))
+    writer.release()
+    r = client.post("/api/detect", json={"checkpoint": "uploaded/toy.pth", "video": {"root": "media0",
+                                                                                  "path": "walk.mp4"}})
+    assert r.status_code == 200, r.text
+    job = client.app.state.jobs.wait(r.json()["id"], 180)
+    assert job.state == "done", job.error
+    run = job.outputs["run"]
+    result = client.get(f"/api/results/{run}").json()
+    assert len(result["scores"]) == 20 - 4 and result["summary"]["frames"] == 20
+    assert {"annotated.mp4", "scores.csv", "events.json", "summary.json"} <= set(result["files"])
+    ranged = client.get(f"/files/{run}/annotated.mp4", headers={"range": "bytes=0-99"})
+    assert ranged.status_code == 206 and len(ranged.content) == 100  # the page's video can seek
+    assert any(r["run"] == run for r in client.get("/api/results").json())
+    assert client.get("/api/results/%2E").status_code == 404  # the results folder itself is not a run

@@ -540,3 +540,23 @@ def test_scene_warnings_by_hand():
     flat = mismatch_warnings([30.0, 30.0 + MIN_RANGE_DB / 2], 1.0, None, None, "video")
     assert len(flat) == 1 and "spans only" in flat[0]
     assert mismatch_warnings([30.0, 30.0 + MIN_RANGE_DB / 2], 1.0, None, None, "causal") == []
+
+
+def test_another_frame_score_drives_the_decision_and_its_own_calibration(world, tmp_path, capsys):
+    checkpoint = fresh_checkpoint(world, tmp_path)
+    out = tmp_path / "out"
+    run("--video", str(world["video"]), "--trained_model", str(checkpoint), "--output", str(out), "--score=box16",
+        "--labels", str(world["labels"]))
+    rows = read_csv(out / "scores.csv")
+    assert "box16_db" in rows[0] and "psnr" not in rows[0]
+    assert json.loads((out / "summary.json").read_text())["frame_score"] == "box16"
+    score_in, score_out = segment_split(rows, "score")
+    assert score_in > score_out + 0.3  # the anomaly still stands out
+    run("--video", str(world["video"]), "--trained_model", str(checkpoint), "--output", str(tmp_path / "c"),
+        "--norm=causal", f"--calibrate={world['normal']}", "--score=box16")
+    assert Calibration.load(calibration_path(checkpoint)).score == "box16"
+    capsys.readouterr()
+    run("--video", str(world["video"]), "--trained_model", str(checkpoint), "--output", str(tmp_path / "d"),
+        "--norm=causal")  # PSNR now: the box16 calibration does not apply, so it is made again (training split)
+    assert "was made with --score=box16, not --score=psnr: calibrating again" in capsys.readouterr().out
+    assert Calibration.load(calibration_path(checkpoint)).score == "psnr"

@@ -91,8 +91,9 @@ def _train_in_background(cfg, ignore_sigint: bool) -> subprocess.Popen:
              "--val_interval=0", "--save_interval=2", "--batch_size=2", "--tensorboard=false", "--device=cpu"]
 
     def start() -> None:  # what `python train.py &` gets from a shell without job control
-        if ignore_sigint:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # the test's own run may have been started with nohup (SIGHUP ignored, inherited): a terminal's job has not
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_sigint else signal.SIG_DFL)
 
     return subprocess.Popen([sys.executable, "train.py", *flags], cwd=ROOT, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, preexec_fn=start)

@@ -34,17 +34,21 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def adapt_stages(settings, name: str, footage: list[Path], base: Optional[Path], iters: int):
-    """(stages, outputs) of an adapt job for camera ``name`` on the ``footage`` videos."""
+def adapt_plan(settings, name: str, footage: list[Path], base: Optional[Path], iters: int):
+    """(stages, outputs, setup) of an adapt job for camera ``name`` on the ``footage`` videos.  ``setup`` lays
+    out the footage; the job store runs it only once the job is sure to start (a refused request changes nothing)."""
     home = settings.state_dir / "adapt" / name
     src, data = home / "src", home / "data"
     weights = settings.weights_dir / "adapted" / name
     ordered = sorted(footage, key=lambda p: p.name)
     train_videos, held_out = (ordered[:-1], ordered[-1]) if len(ordered) > 1 else (ordered, ordered[0])
-    if (src / "training").is_dir():
-        shutil.rmtree(src / "training")
-    for k, video in enumerate(train_videos):
-        _link_or_copy(video, src / "training" / f"{k + 1:02d}_{video.name}")
+
+    def setup() -> None:
+        for stale in (src / "training", data):  # an earlier footage set of this name must not train with it
+            if stale.is_dir():
+                shutil.rmtree(stale)
+        for k, video in enumerate(train_videos):
+            _link_or_copy(video, src / "training" / f"{k + 1:02d}_{video.name}")
 
     size = dict(CPU_SIZE)
     if base is not None:
@@ -58,13 +62,13 @@ def adapt_stages(settings, name: str, footage: list[Path], base: Optional[Path],
     if base is not None:
         train.append(f"--pretrained={base}")
     checkpoint = weights / "latest_custom.pth"
+    run = f"{held_out.stem}_adapted_{name}"
     calibrate = ["detect.py", f"--video={held_out}", f"--trained_model={checkpoint}", "--norm=causal",
-                 f"--calibrate={held_out}", f"--results_dir={settings.results_dir}",
-                 f"--run={held_out.stem}_adapted_{name}", "--progress=true"]
+                 f"--calibrate={held_out}", f"--results_dir={settings.results_dir}", f"--run={run}",
+                 "--progress=true"]
     stages = [Stage("prepare", ["tools/prepare_data.py", "custom", f"--src={src}", f"--data_root={data}"]),
               Stage("train", train), Stage("calibrate", calibrate)]
-    outputs = {"checkpoint": str(checkpoint.relative_to(settings.weights_dir)),
-               "run": f"{held_out.stem}_adapted_{name}",
+    outputs = {"checkpoint": str(checkpoint.relative_to(settings.weights_dir)), "run": run,
                "calibration": "held-out video " + held_out.name if len(ordered) > 1
                else "the training video itself (optimistic: add a second video to hold one out)"}
-    return stages, outputs
+    return stages, outputs, setup

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Awaitable, Callable, Iterable, Optional
 
 from ioutil import atomic_path
 
@@ -73,11 +73,13 @@ def listing(root: Path, extensions: Iterable[str], limit: int = 2000) -> list[st
     return found
 
 
-async def receive_upload(chunks: AsyncIterator[bytes], target: Path, max_bytes: int) -> int:
-    """Stream an upload into ``target`` (temporary name, renamed when complete); Refused past ``max_bytes``."""
+async def receive_upload(chunks: AsyncIterator[bytes], target: Path, max_bytes: int,
+                         check: Optional[Callable[[Path], Awaitable[None]]] = None) -> int:
+    """Stream an upload into ``target`` (temporary name, renamed when complete); Refused past ``max_bytes``, or by
+    ``check`` (it sees the complete temporary file before the rename: a refused file never takes the name)."""
     size = 0
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
+    with atomic_path(target, keep_extension=True) as tmp:
         with open(tmp, "wb") as out:
             async for chunk in chunks:
                 size += len(chunk)
@@ -85,4 +87,6 @@ async def receive_upload(chunks: AsyncIterator[bytes], target: Path, max_bytes: 
                     raise Refused(f"upload larger than the limit of {max_bytes / 2**20:.0f} MiB (app.py "
                                   f"--max_upload_mb)")
                 out.write(chunk)
+        if check is not None:
+            await check(tmp)
     return size

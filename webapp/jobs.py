@@ -29,6 +29,11 @@ from typing import Callable, Optional
 
 from ioutil import atomic_write_text
 
+try:
+    import fcntl  # POSIX: one app per state folder
+except ImportError:  # Windows: no lock (a second app there is the user's to avoid)
+    fcntl = None
+
 REPO = Path(__file__).resolve().parents[1]
 # tqdm's bar: "desc:  45%|####5     | 81/180 [00:02<00:02, 40.1frame/s]"
 _BAR = re.compile(r"(?:(?P<desc>[^\r\n|]*?):\s+)?(?P<pct>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*"
@@ -39,6 +44,18 @@ STOP_GRACE_S = 20.0  # after the stop button's SIGINT, seconds before SIGTERM (a
 
 class Busy(Exception):
     """A job is already running (one at a time)."""
+
+
+class InUse(Exception):
+    """Another app holds this state folder (its jobs are not ours to mark or stop)."""
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """A process's start time in clock ticks since boot (Linux), to tell it from a later process with its pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 @dataclass
@@ -57,6 +74,7 @@ class Job:
     state: str = "running"
     stage: int = 0  # index of the running (or first unfinished) stage
     pid: Optional[int] = None
+    pid_started: Optional[str] = None  # the process's start time, so a reused pid is never signalled
     error: str = ""
     created: float = field(default_factory=time.time)
     ended: Optional[float] = None
@@ -116,7 +134,39 @@ class JobStore:
         self._lock = threading.Lock()
         self._procs: dict[str, subprocess.Popen] = {}
         self._stop_requested: set[str] = set()
+        self._hold = self._hold_folder()
         self.recover()
+
+    def _hold_folder(self):
+        """One app per state folder: a second one would take the first one's running jobs for cut-off ones."""
+        handle = open(self.folder / ".lock", "a")
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                raise InUse(f"another app.py uses {self.folder.parent}: stop it, or give this one another "
+                            f"--state_dir") from None
+        return handle
+
+    def close(self) -> None:
+        """Let the folder go (the app's shutdown, after :meth:`shutdown`; tests)."""
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """The app is stopping: stop the running stages as the stop button does (train.py saves first) and wait
+        for their records, so that no job outlives the app or stays 'running'."""
+        ids = [job_id for job_id, proc in list(self._procs.items()) if proc.poll() is None]
+        for job_id in ids:
+            self.stop(job_id)
+        deadline = time.monotonic() + timeout_s
+        for job_id in ids:
+            try:
+                self.wait(job_id, max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                pass
 
     # --- records ------------------------------------------------------------------------------------------------
     def _record(self, job_id: str) -> Path:
@@ -152,11 +202,14 @@ class JobStore:
         """On start: a job recorded as running whose runner is gone was cut off when the app ended."""
         for job in self.all():
             if job.state == "running" and job.id not in self._procs:
-                if _alive(job.pid):  # its process outlived the app: stop it the way the stop button does
+                if _alive(job.pid) and _start_time(job.pid) == job.pid_started:  # its stage outlived the app
                     try:
-                        os.killpg(job.pid, signal.SIGINT)
+                        os.killpg(job.pid, signal.SIGINT)  # as the stop button does; a resume needs it gone
                     except OSError:
                         pass
+                    deadline = time.monotonic() + 20
+                    while _alive(job.pid) and time.monotonic() < deadline:
+                        time.sleep(0.1)
                 job.state, job.ended, job.pid = "interrupted", time.time(), None
                 job.error = "the app stopped while this job ran" + (": resume it" if job.kind == "adapt" else "")
                 self.save(job)
@@ -166,10 +219,13 @@ class JobStore:
         return [j for j in self.all() if j.state == "running"]
 
     def start(self, kind: str, title: str, stages: list[Stage], outputs: dict,
-              on_done: Optional[Callable[[Job], None]] = None) -> Job:
+              on_done: Optional[Callable[[Job], None]] = None, setup: Optional[Callable[[], None]] = None) -> Job:
+        """Record and launch a job; ``setup`` (files the stages need) runs only once the job is sure to start."""
         with self._lock:
             if len(self.running()) >= self.max_running:
                 raise Busy("a job is running: wait for it or stop it first (one at a time on this machine)")
+            if setup is not None:
+                setup()
             job = Job(f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}", kind, title, stages, outputs)
             self.log_path(job.id).touch()
             self.save(job)
@@ -211,7 +267,7 @@ class JobStore:
                                             stdin=subprocess.DEVNULL, start_new_session=True,
                                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
                 self._procs[job.id] = proc
-                job.pid = proc.pid
+                job.pid, job.pid_started = proc.pid, _start_time(proc.pid)
                 self.save(job)
                 code = proc.wait()
                 self._procs.pop(job.id, None)
@@ -227,8 +283,15 @@ class JobStore:
                 job.state = "done"
         except Exception as exc:  # the runner must always leave a final state behind
             job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
-        job.pid, job.ended = None, time.time()
-        self.save(job)
+        job.pid, job.pid_started, job.ended = None, None, time.time()
+        self._procs.pop(job.id, None)
+        self._stop_requested.discard(job.id)
+        for attempt in range(3):  # a full disk must not leave the job 'running' (every later job would be Busy)
+            try:
+                self.save(job)
+                break
+            except OSError:
+                time.sleep(1.0)
         if on_done is not None and job.state == "done":
             on_done(job)
 
@@ -236,14 +299,23 @@ class JobStore:
         """The stop button: SIGINT to the running stage (train.py saves a checkpoint first, then exits); SIGTERM
         after :data:`STOP_GRACE_S` and SIGKILL after twice that if it is still running (a stage that ignores
         SIGINT, as a program started in the background by a shell does).  True if it was running."""
-        proc = self._procs.get(job_id)
-        if proc is None or proc.poll() is not None:
-            return False
-        self._stop_requested.add(job_id)
-        try:
-            os.killpg(proc.pid, signal.SIGINT)
-        except OSError:
-            return False
+        with self._lock:
+            proc = self._procs.get(job_id)
+            if proc is None or proc.poll() is not None:
+                job = self.get(job_id)
+                runner = any(t.name == f"job-{job_id}" and t.is_alive() for t in threading.enumerate())
+                if job is not None and job.state == "running" and not runner:  # nothing runs it any more
+                    job.state, job.error, job.ended, job.pid = "stopped", "stopped (its runner had ended)", \
+                        time.time(), None
+                    self.save(job)
+                    return True
+                return False
+            self._stop_requested.add(job_id)
+            try:
+                os.killpg(proc.pid, signal.SIGINT)
+            except OSError:
+                self._stop_requested.discard(job_id)
+                return False
         threading.Thread(target=_escalate, args=(proc,), daemon=True).start()
         return True
 

@@ -23,14 +23,21 @@ from __future__ import annotations
 import csv
 import json
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from errors import UserError
 
 from webapp.files import (CHECKPOINT_EXTENSIONS, VIDEO_EXTENSIONS, Refused, inside, inside_any, listing,
                           receive_upload, safe_name)
@@ -50,6 +57,9 @@ class Settings:
     max_upload_bytes: int = 2 * 2**30
     max_jobs: int = 1
     train_iters: int = 2000  # the adapt job's default length (CPU-sized)
+    # Host headers answered: this machine's names only, so that a web page elsewhere cannot reach the app through
+    # DNS rebinding; app.py --host widens it.
+    allowed_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1", "localhost", "[::1]", "::1"])
 
     @property
     def uploads(self) -> Path:
@@ -67,6 +77,20 @@ def _refuse(exc: Exception, status: int = 400) -> HTTPException:
 
 def _finite(value: Any) -> Any:
     return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+def number(body: dict, key: str, kind: type, default: Any, low: float, high: float, what: str) -> Any:
+    """A number from the page's request, in [low, high]: else Refused naming the field."""
+    value = body.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        value = kind(value)
+    except (TypeError, ValueError):
+        raise Refused(f"{what} must be a number") from None
+    if not (low <= value <= high):  # nan too
+        raise Refused(f"{what} must be between {low:g} and {high:g}")
+    return value
 
 
 class CheckpointInfo:
@@ -130,12 +154,24 @@ def create_app(settings: Settings) -> FastAPI:
         folder.mkdir(parents=True, exist_ok=True)
     jobs = JobStore(settings.state_dir / "jobs", settings.max_jobs)
     info = CheckpointInfo()
-    app = FastAPI(title="ffp-vad", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        await run_in_threadpool(jobs.shutdown)  # the app stops: its jobs stop too (train.py saves first)
+        jobs.close()
+
+    app = FastAPI(title="ffp-vad", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
     app.state.jobs, app.state.settings = jobs, settings
 
     @app.exception_handler(Refused)
     async def refused(_request: Request, exc: Refused) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(UserError)
+    async def user_error(_request: Request, exc: UserError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc).splitlines()[0] if str(exc) else "refused"}, status_code=400)
 
     @app.get("/")
     def index() -> FileResponse:
@@ -157,22 +193,30 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.put("/api/upload/{kind}")
     async def upload(kind: str, name: str, request: Request) -> dict:
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"  # two uploads never share a name
         if kind == "video":
-            target = settings.uploads / f"{time.strftime('%Y%m%d-%H%M%S')}_{safe_name(name, VIDEO_EXTENSIONS)}"
+            target = settings.uploads / f"{stamp}_{safe_name(name, VIDEO_EXTENSIONS)}"
         elif kind == "checkpoint":
             target = settings.weights_dir / "uploaded" / safe_name(name, CHECKPOINT_EXTENSIONS)
+            if target.exists():  # never over a checkpoint already there
+                target = target.with_name(f"{target.stem}_{stamp}{target.suffix}")
         else:
             raise HTTPException(404, f"unknown upload kind '{kind}'")
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > settings.max_upload_bytes:
             raise Refused(f"upload larger than the limit of {settings.max_upload_bytes / 2**20:.0f} MiB (app.py "
                           f"--max_upload_mb)")
-        size = await receive_upload(request.stream(), target, settings.max_upload_bytes)
+        described: dict = {}
+
+        async def check_checkpoint(tmp: Path) -> None:  # before the rename: a bad file never takes the name
+            found = await run_in_threadpool(CheckpointInfo._read, tmp, str(target.relative_to(settings.weights_dir)))
+            if "error" in found:
+                raise Refused(f"{name}: {found['error']}")
+            described.update(found)
+
+        size = await receive_upload(request.stream(), target, settings.max_upload_bytes,
+                                    check_checkpoint if kind == "checkpoint" else None)
         if kind == "checkpoint":
-            described = info.describe(target, str(target.relative_to(settings.weights_dir)))
-            if "error" in described:
-                target.unlink(missing_ok=True)
-                raise Refused(f"{name}: {described['error']}")
             return {"bytes": size, **described}
         return {"bytes": size, "root": "uploads", "path": target.name}
 
@@ -197,13 +241,12 @@ def create_app(settings: Settings) -> FastAPI:
         norm = body.get("norm", "video")
         if norm not in ("video", "causal"):
             raise Refused("norm must be 'video' or 'causal'")
-        run = f"{video.stem}_{checkpoint.stem}"
+        # one folder per run: two checkpoints named alike (every adapted one is latest_custom) never share one
+        run = f"{video.stem}_{checkpoint.stem}_{norm}_{time.strftime('%Y%m%d-%H%M%S')}"
         argv = ["detect.py", f"--video={video}", f"--trained_model={checkpoint}",
                 f"--results_dir={settings.results_dir}", f"--run={run}", f"--norm={norm}", "--progress=true"]
         if norm == "causal":
-            fpr = float(body.get("fpr", 0.01))
-            if not 0 < fpr < 1:
-                raise Refused("fpr must be between 0 and 1")
+            fpr = number(body, "fpr", float, 0.01, 1e-6, 0.5, "the false-alarm rate")
             argv.append(f"--fpr={fpr}")
             calibration = body.get("calibration")
             if calibration:
@@ -217,18 +260,22 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/api/adapt")
     def adapt(body: dict) -> dict:
-        from webapp.adapt import adapt_stages  # the adapt plan reads checkpoints (torch): only when asked
-        name = safe_name(str(body.get("name", "")) + ".x", [".x"])[:-2] or "camera"
+        from webapp.adapt import adapt_plan  # the adapt plan reads checkpoints (torch): only when asked
+        raw_name = str(body.get("name", "")).strip()
+        if not raw_name:
+            raise Refused("give the camera a name")
+        name = safe_name(raw_name + ".x", [".x"])[:-2] or "camera"
         footage = [video_path(choice) for choice in body.get("footage") or []]
         if not footage:
             raise Refused("choose or upload normal footage of the camera")
         base = checkpoint_path(str(body["base"])) if body.get("base") else None
-        iters = int(body.get("iters") or settings.train_iters)
-        if not 1 <= iters <= 1_000_000:
-            raise Refused("iters must be between 1 and 1000000")
-        stages, outputs = adapt_stages(settings, name, footage, base, iters)
+        if base is not None and not info.describe(base, str(body["base"])).get("detectable"):
+            raise Refused(f"{body['base']} is not a frame-prediction checkpoint (ffp, stemgan): choose another base")
+        iters = number(body, "iters", int, settings.train_iters, 1, 1_000_000, "training steps")
+        stages, outputs, setup = adapt_plan(settings, name, footage, base, iters)
         try:
-            job = jobs.start("adapt", f"adapt '{name}' ({len(footage)} video(s), {iters} steps)", stages, outputs)
+            job = jobs.start("adapt", f"adapt '{name}' ({len(footage)} video(s), {iters} steps)", stages, outputs,
+                             setup=setup)
         except Busy as exc:
             raise _refuse(exc, 409) from None
         return jobs.view(job)
@@ -280,7 +327,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     def run_folder(run: str) -> Path:
         folder = inside(settings.results_dir, run)
-        if not folder.is_dir():
+        if folder == settings.results_dir.resolve() or not folder.is_dir():
             raise HTTPException(404, f"no result '{run}'")
         return folder
 

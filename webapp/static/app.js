@@ -55,7 +55,7 @@ async function loadCheckpoints(select) {
     [...box.querySelectorAll("option[data-ckpt]")].forEach((o) => o.remove());
     [...box.options].filter((o) => o.value).forEach((o) => o.remove());
     for (const c of list) {
-      if (c.error || (id === "checkpoint" && !c.detectable)) continue;
+      if (c.error || !c.detectable) continue;  // detect and adapt both need a frame-prediction checkpoint
       const option = el("option", { value: c.path, "data-ckpt": "1" }, describeCheckpoint(c));
       box.appendChild(option);
     }
@@ -67,10 +67,11 @@ async function loadCheckpoints(select) {
 
 async function loadVideos(select) {
   const list = await api("/api/videos");
-  for (const id of ["video", "footage"]) {
+  for (const id of ["video", "footage", "calibration"]) {
     const box = $(id);
     const kept = [...box.selectedOptions].map((o) => o.value);
     box.innerHTML = "";
+    if (id === "calibration") box.append(el("option", { value: "" }, "the checkpoint's calibration or training data"));
     for (const v of list) {
       const value = JSON.stringify({ root: v.root, path: v.path });
       const option = el("option", { value }, `${v.root === "uploads" ? "uploaded" : v.root}: ${v.path}`);
@@ -142,7 +143,8 @@ $("run").addEventListener("click", async () => {
   current = null;
   try {
     const body = { checkpoint: $("checkpoint").value, video: JSON.parse($("video").value || "null"),
-                   norm: $("norm").value, fpr: parseFloat($("fpr").value) };
+                   norm: $("norm").value, fpr: $("fpr").value,
+                   calibration: $("calibration").value ? JSON.parse($("calibration").value) : null };
     const job = await post("/api/detect", body);
     $("run").disabled = true;
     await follow(job, { box: "detect-job", bar: "progress", text: "progress-text", stop: "stop", error: "detect-error" },
@@ -188,7 +190,10 @@ async function loadJobs() {
       const b = el("button", {}, "Stop"); b.onclick = () => post(`/api/jobs/${job.id}/stop`).then(loadJobs); cell.append(b);
     } else if (job.kind === "adapt" && ["stopped", "interrupted", "failed"].includes(job.state)) {
       const b = el("button", { class: "resume" }, "Resume");
-      b.onclick = async () => { const j = await post(`/api/jobs/${job.id}/resume`); loadJobs(); followAdapt(j); };
+      b.onclick = async () => {
+        try { const j = await post(`/api/jobs/${job.id}/resume`); loadJobs(); followAdapt(j); }
+        catch (e) { alert(`cannot resume: ${e.message}`); }
+      };
       cell.append(b);
     }
     row.append(cell);
@@ -332,15 +337,18 @@ $("right").addEventListener("change", () => renderSide("right"));
 
 // --- start -----------------------------------------------------------------------------------------------------
 (async () => {
-  try { await Promise.all([loadCheckpoints(), loadVideos()]); }
-  catch (e) { showError("detect-error", e); }
-  const running = (await api("/api/jobs")).find((j) => j.state === "running");
+  let running = null;
+  try {
+    await Promise.all([loadCheckpoints(), loadVideos()]);
+    running = (await api("/api/jobs")).find((j) => j.state === "running");
+  } catch (e) { showError("detect-error", e); }
+  document.body.dataset.ready = "1";
   if (running && running.kind === "adapt") {  // a reload keeps following the running job
     document.querySelector('nav .tab[data-tab="adapt"]').click();
     followAdapt(running);
   } else if (running) {
+    $("run").disabled = true;
     follow(running, { box: "detect-job", bar: "progress", text: "progress-text", stop: "stop", error: "detect-error" },
-           (done) => showResult(done.outputs.run));
+           (done) => showResult(done.outputs.run)).finally(() => { $("run").disabled = false; });
   }
-  document.body.dataset.ready = "1";
 })();
