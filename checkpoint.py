@@ -134,7 +134,9 @@ def selection_rule(checkpoint: Path | str) -> str:
     """How the run chose this checkpoint, from its name (what results tables must state beside an AUC)."""
     stem = Path(checkpoint).stem
     for prefix, rule in (("g_best_auc", "best on test (looks at the test labels)"),
-                         ("g_best_val", "held-out PSNR (no test labels)"), ("latest", "last checkpoint")):
+                         ("g_best_val", "held-out PSNR (no test labels)"),
+                       ("g_best_pseudo", "pseudo-anomaly AUC on held-out videos (no test labels)"),
+                       ("latest", "last checkpoint")):
         if stem.startswith(prefix):
             return rule
     return f"as named ({stem})"

@@ -208,6 +208,10 @@ class Config:
         "training videos (the last N by name) kept out of training; every validation scores their mean PSNR and "
         "keeps weights/g_best_val_<dataset>.pth: selection without test labels",
         range=Range(0, note="0 = off"), kinds={_ARCH})
+    val_pseudo: str = setting(
+        "", "run control", "with --val_holdout: at every validation also the AUC of the held-out clips against "
+        "pseudo-anomalous versions of them (skip: every 3rd frame, motion too fast; pseudo.py), keeping "
+        "weights/g_best_pseudo_<dataset>.pth: another selection without test labels", choices=("", "skip"))
     resume: str = setting(
         "", "run control", "checkpoint name in weights/ (latest_ped2) or a path: continue that run exactly")
     trained_model: str = setting(

@@ -50,6 +50,7 @@ from flownet import build_flownet, store_weights_in
 from ioutil import ensure_writable_dir
 from methods import TrainingContext, method_for, method_of
 from models import build_discriminator, build_generator, is_trainable
+from pseudo import pseudo_auc
 from runtime import (InterruptLatch, autocast, configure_threads, resolve_device, rng_state, seed_everything,
                      set_rng_state, signals_held, signals_ignored, versions)
 from metrics import psnr
@@ -229,6 +230,9 @@ class Trainer:
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
 
         self.ema = moving_average(self.generator, cfg.ema) if cfg.ema else None
+        if cfg.val_pseudo and not cfg.val_holdout:
+            raise UserError(f"--val_pseudo={cfg.val_pseudo} makes its pseudo-anomalies from held-out normal "
+                            f"videos: add --val_holdout=2 (or more)")
         # Rank 0 decodes the frame cache (and generates the toy data) first, the others then find it.
         training, self.holdout = distributed.in_turn(
             lambda: split_holdout(VideoSet.load(cfg, "training"), cfg.val_holdout))
@@ -242,6 +246,7 @@ class Trainer:
         self.last_saved: Optional[tuple[Path, int]] = None  # (path, step) of the last 'latest' written by this run
         self.step, self.best_auc, self.best_step = 0, -math.inf, -1
         self.best_val_psnr, self.best_val_step = -math.inf, -1
+        self.best_pseudo_auc, self.best_pseudo_step = -math.inf, -1
         self.history: list[StepLosses] = []
         if resume_from is not None:
             self._restore(resume_from)
@@ -281,7 +286,8 @@ class Trainer:
             "sched_d": self.sched_d.state_dict(), "scaler_g": self.scaler_g.state_dict(),
             "scaler_d": self.scaler_d.state_dict(), "config": self.cfg.__dict__.copy(),
             "best_auc": self.best_auc, "best_step": self.best_step, "best_val_psnr": self.best_val_psnr,
-            "best_val_step": self.best_val_step, "rng": rng_state(),
+            "best_val_step": self.best_val_step, "best_pseudo_auc": self.best_pseudo_auc,
+            "best_pseudo_step": self.best_pseudo_step, "rng": rng_state(),
             "sampler": self.sampler.state_dict(), "versions": versions(),
             # config.batch_size is per process; the sampler position counts global batches of global_batch clips.
             "distributed": {"world_size": self.world, "global_batch": self.global_batch},
@@ -305,6 +311,8 @@ class Trainer:
         self.step, self.best_auc, self.best_step = state["step"], state["best_auc"], state["best_step"]
         self.best_val_psnr = state.get("best_val_psnr", -math.inf)
         self.best_val_step = state.get("best_val_step", -1)
+        self.best_pseudo_auc = state.get("best_pseudo_auc", -math.inf)
+        self.best_pseudo_step = state.get("best_pseudo_step", -1)
 
     def _initialise_from(self, name: str) -> None:
         """Transfer learning: the networks of another run (any dataset), with fresh optimizers and step 0."""
@@ -409,6 +417,22 @@ class Trainer:
             self.save("g_best_val")
         self._print(f"step {self.step}: held-out normal PSNR {mean_psnr:.3f} dB (best {self.best_val_psnr:.3f} at "
                     f"step {self.best_val_step})")
+        if self.cfg.val_pseudo:
+            self.validate_pseudo(values)
+
+    def validate_pseudo(self, normal_values: list[np.ndarray]) -> None:
+        """The held-out clips against their pseudo-anomalous versions (pseudo.py); the best AUC is kept as
+        g_best_pseudo (no test labels)."""
+        auc = pseudo_auc(normal_values, lambda videos: predict_psnr_sharded(
+            self.eval_generator, videos, self.cfg, self.device, self.amp_dtype, self.channels_last, progress=False),
+            self.holdout, self.cfg.val_pseudo)
+        if self.writer is not None:
+            self.writer.add_scalar("val/pseudo_auc", auc, self.step)
+        if auc > self.best_pseudo_auc:
+            self.best_pseudo_auc, self.best_pseudo_step = auc, self.step
+            self.save("g_best_pseudo")
+        self._print(f"step {self.step}: pseudo-anomaly AUC {100 * auc:.2f}% on the held-out videos (best "
+                    f"{100 * self.best_pseudo_auc:.2f}% at step {self.best_pseudo_step})")
 
     def validate(self) -> float:
         if self.holdout is not None:
