@@ -47,7 +47,7 @@ from dataset import ClipSampler, TestSet, TrainClips, VideoSet, to_model_range
 from errors import STOP_SIGNALS, Interrupted, UserError
 from evaluation import evaluate, predict_psnr_sharded
 from flownet import build_flownet, store_weights_in
-from ioutil import ensure_writable_dir
+from ioutil import atomic_write_text, ensure_writable_dir
 from methods import TrainingContext, method_for, method_of
 from models import build_discriminator, build_generator, is_trainable
 from pseudo import pseudo_auc
@@ -154,6 +154,48 @@ def merge_resumed_config(stored: Config, given: Config, explicit: set[str]) -> C
         details = ", ".join(f"--{k}={getattr(given, k)} (checkpoint: {getattr(stored, k)})" for k in changed)
         raise UserError(f"cannot resume with a different {details}: start a new run instead")
     return stored.replace(**{k: getattr(given, k) for k in explicit if k not in ARCHITECTURE_FIELDS})
+
+
+class CurveLog:
+    """``curves.csv`` in the run's log folder (``<log_dir>/<dataset>_bs<global batch>/``): one ``step,name,value``
+    row per logged loss (every ``--log_interval`` steps) and per validation figure (test AUC, held-out PSNR,
+    pseudo-anomaly AUC), what the web page draws as training curves.  Plain text, written whether or not TensorBoard
+    logs are; a new run starts the file again, a resumed run keeps the rows up to its checkpoint's step (a crash may
+    have logged steps after it, which the resumed run logs again)."""
+
+    HEADER = "step,name,value\n"
+
+    def __init__(self, path: Path, resumed_step: Optional[int]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [line for line in self.read_lines(path) if int(line.split(",", 1)[0]) <= resumed_step] \
+            if resumed_step is not None else []
+        atomic_write_text(path, self.HEADER + "".join(kept))
+        self.handle = open(path, "a")
+
+    @staticmethod
+    def read_lines(path: Path) -> list[str]:
+        """The well-formed rows of a curves file (a row cut short by a crash is skipped)."""
+        try:
+            lines = path.read_text().splitlines(keepends=True)[1:]
+        except OSError:
+            return []
+        good = []
+        for line in lines:
+            parts = line.rstrip("\n").split(",")
+            if line.endswith("\n") and len(parts) == 3 and parts[0].isdigit():
+                try:
+                    float(parts[2])
+                except ValueError:
+                    continue
+                good.append(line)
+        return good
+
+    def add(self, step: int, values: dict[str, float]) -> None:
+        self.handle.write("".join(f"{step},{name},{float(value):.6g}\n" for name, value in values.items()))
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
 
 
 class StepLosses:
@@ -263,6 +305,8 @@ class Trainer:
         self.method_cache = self.context.cache  # what a method computes once per training frame (MAMA's inputs)
         self.run_dir = Path(cfg.log_dir) / f"{cfg.dataset}_bs{self.global_batch}"
         self.writer = None
+        self.curves: Optional[CurveLog] = None
+        self.resumed = resume_from is not None
 
     # --- checkpoints ------------------------------------------------------------------------------------------
     @property
@@ -410,6 +454,7 @@ class Trainer:
         values = predict_psnr_sharded(self.eval_generator, self.holdout, self.cfg, self.device,
                                       self.amp_dtype, self.channels_last, progress=False)
         mean_psnr = float(np.mean(np.concatenate(values)))
+        self._curve({"holdout_psnr": mean_psnr})
         if self.writer is not None:
             self.writer.add_scalar("val/holdout_psnr", mean_psnr, self.step)
         if mean_psnr > self.best_val_psnr:
@@ -426,6 +471,7 @@ class Trainer:
         auc = pseudo_auc(normal_values, lambda videos: predict_psnr_sharded(
             self.eval_generator, videos, self.cfg, self.device, self.amp_dtype, self.channels_last, progress=False),
             self.holdout, self.cfg.val_pseudo)
+        self._curve({"pseudo_auc": auc})
         if self.writer is not None:
             self.writer.add_scalar("val/pseudo_auc", auc, self.step)
         if auc > self.best_pseudo_auc:
@@ -442,6 +488,7 @@ class Trainer:
         result = evaluate(self.eval_generator, self.test_set, self.cfg, self.device, self.amp_dtype,
                           self.channels_last, progress=self.progress, discriminator=self.scoring_discriminator)
         auc = result.metrics.micro_auc
+        self._curve({"test_auc": auc})
         if self.writer is not None:
             self.writer.add_scalar("val/auc", auc, self.step)
             self.writer.add_scalar("val/macro_auc", result.metrics.macro.value, self.step)
@@ -459,6 +506,7 @@ class Trainer:
         tqdm.write(message)
 
     def _log(self, losses_: StepLosses) -> None:
+        self._curve(losses_.as_dict())
         if self.writer is None:
             return
         for name, value in losses_.as_dict().items():
@@ -488,8 +536,18 @@ class Trainer:
         if self.cfg.tensorboard:
             ensure_writable_dir(self.run_dir, "to log folder", "choose another --log_dir, or --tensorboard=false")
 
+    def _curve(self, values: dict[str, float]) -> None:
+        if self.curves is not None:
+            self.curves.add(self.step, values)
+
     def _open_writer(self) -> None:
-        if not self.cfg.tensorboard or self.rank != 0:
+        if self.rank != 0:
+            return
+        try:
+            self.curves = CurveLog(self.run_dir / "curves.csv", self.step if self.resumed else None)
+        except OSError as exc:  # the curves are for looking at: a log folder that cannot be written costs them only
+            print(f"note: no training curves ({self.run_dir / 'curves.csv'}: {exc.strerror or exc})")
+        if not self.cfg.tensorboard:
             return
         from tensorboardX import SummaryWriter  # deferred: only runs that log load it
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -554,6 +612,8 @@ class Trainer:
             bar.close()
             if self.writer is not None:
                 self.writer.close()
+            if self.curves is not None:
+                self.curves.close()
         path = self.save("latest")
         distributed.barrier()  # every rank returns once rank 0's last checkpoint is on disk
         seconds = time.time() - start

@@ -117,6 +117,7 @@ def test_adapt_trains_on_the_cameras_footage_and_the_checkpoint_appears(served):
     assert "done" in page.locator("#jobs tbody tr").first.text_content()
     page.click("nav .tab[data-tab='results']")
     page.wait_for_selector("#results tbody tr")
-    page.locator("#results tbody tr").first.click()
+    page.locator("#results tbody tr").first.click()  # the calibration run of the adapted checkpoint
     page.wait_for_selector("#left-view table")
+    page.wait_for_selector("#left-view .curve[data-curve='psnr']")  # the adapt job's training curves
     shot(page, "results")

@@ -4,6 +4,7 @@ import math
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,3 +210,22 @@ def test_toy_training_detects_the_toy_anomalies(toy_root, tmp_path):
                                 device="cpu")
     summary = Trainer(cfg, progress=False).fit()
     assert summary.best_auc > 0.80, summary.best_auc
+
+
+def test_training_curves_are_logged_and_a_resumed_run_keeps_them_up_to_its_step(small_cfg):
+    from engine import CurveLog
+    cfg = small_cfg.replace(iters=4, log_interval=1, val_interval=2, save_interval=2, tensorboard=False)
+    Trainer(cfg, progress=False).fit()
+    path = Path(cfg.log_dir) / "toy_bs4" / "curves.csv"  # written with --tensorboard=false too
+    rows = [line.strip().split(",") for line in CurveLog.read_lines(path)]
+    assert [int(r[0]) for r in rows if r[1] == "psnr"] == [1, 2, 3, 4]
+    assert [int(r[0]) for r in rows if r[1] == "test_auc"] == [2, 4]
+    with open(path, "a") as handle:
+        handle.write("9,psnr,3")  # a row cut short by a crash is skipped by the reader
+    assert len(CurveLog.read_lines(path)) == len(rows)
+    resumed, state = load_resume_state(cfg.replace(iters=6, resume=str(Path(cfg.weights_dir) / "latest_toy.pth")),
+                                       {"iters", "resume"})
+    state["step"] = 2  # as if the run had been cut off after the checkpoint of step 2
+    Trainer(resumed, resume_from=state, progress=False).fit()
+    steps = [int(line.split(",")[0]) for line in CurveLog.read_lines(path) if line.split(",")[1] == "psnr"]
+    assert steps == [1, 2, 3, 4, 5, 6]  # steps 3-4 of the first run dropped, logged again by the resumed one

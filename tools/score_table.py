@@ -51,11 +51,13 @@ def main() -> int:
     p.add_argument("--scores", default=",".join(SCORES.names()))
     p.add_argument("--score_norm", default="video", choices=("video", "global"))
     p.add_argument("--results_dir", default="results/score_table")
+    p.add_argument("--num_threads", type=int, default=0, help="eval.py's torch threads (1 beside a training run)")
     args = p.parse_args()
     scores = [s.strip() for s in args.scores.split(",") if s.strip()]
     for name in scores:
         SCORES.get(name)
-    common = [f"--dataset={args.dataset}", f"--data_root={args.data_root}", f"--score_norm={args.score_norm}"]
+    common = [f"--dataset={args.dataset}", f"--data_root={args.data_root}", f"--score_norm={args.score_norm}",
+              f"--num_threads={args.num_threads}"]
     rows = []
     groups = []
     if args.baseline:

@@ -57,7 +57,8 @@ def adapt_plan(settings, name: str, footage: list[Path], base: Optional[Path], i
         size = dict(img_size=cfg.img_size, base_channels=cfg.base_channels, model=cfg.model)
     train = ["train.py", "--dataset=custom", f"--data_root={data}", f"--weights_dir={weights}",
              f"--iters={iters}", "--flownet=none", "--val_interval=0", "--val_holdout=0", "--tensorboard=false",
-             f"--save_interval={max(1, min(500, iters // 4))}", f"--log_dir={home / 'logs'}",
+             f"--save_interval={max(1, min(500, iters // 4))}", f"--log_interval={max(1, min(50, iters // 20))}",
+             f"--log_dir={home / 'logs'}",
              f"--cache_dir={home / 'cache'}", *[f"--{k}={v}" for k, v in size.items()]]
     if base is not None:
         train.append(f"--pretrained={base}")

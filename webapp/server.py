@@ -44,6 +44,7 @@ from webapp.files import (CHECKPOINT_EXTENSIONS, VIDEO_EXTENSIONS, Refused, insi
 from webapp.jobs import Busy, JobStore, Stage
 
 STATIC = Path(__file__).resolve().parent / "static"
+REPO = STATIC.parents[1]  # where the jobs run, so where a relative --log_dir of theirs lies
 RESULT_FILES = ("annotated.mp4", "scores.csv", "events.json", "summary.json", "scores.png", "metrics.json",
                 "roc.png", "config.json")
 
@@ -119,9 +120,12 @@ class CheckpointInfo:
             info["error"] = str(exc).splitlines()[0] if str(exc) else "not a checkpoint of this project"
             return info
         auc = state.get("best_auc")
+        batch = (state.get("distributed") or {}).get("global_batch", cfg.batch_size)
+        log_dir = Path(cfg.log_dir) if Path(cfg.log_dir).is_absolute() else REPO / cfg.log_dir
         info.update(dataset=cfg.dataset, model=cfg.model, img_size=cfg.img_size, step=state.get("step"),
                     auc=_finite(auc) if isinstance(auc, float) and auc > 0 else None,
-                    detectable=cfg.model in ("ffp", "stemgan"))
+                    detectable=cfg.model in ("ffp", "stemgan"),
+                    curves=str(log_dir / f"{cfg.dataset}_bs{batch}" / "curves.csv"))
         return info
 
 
@@ -140,6 +144,18 @@ def read_scores(folder: Path) -> list[dict]:
                 item[key] = float(row[key]) if key in ("time_s", "psnr", "score") else int(float(row[key]))
         out.append(item)
     return out
+
+
+def read_curves(path: Optional[str]) -> dict[str, list[list[float]]]:
+    """The training curves of a run (engine.CurveLog's rows) by name: [[step, value], ...]."""
+    if not path:
+        return {}
+    from engine import CurveLog  # the reader of the training loop's own file (torch is loaded by then anyway)
+    curves: dict[str, list[list[float]]] = {}
+    for line in CurveLog.read_lines(Path(path)):
+        step, name, value = line.rstrip("\n").split(",")
+        curves.setdefault(name, []).append([int(step), float(value)])
+    return curves
 
 
 def read_json(path: Path) -> Optional[dict]:
@@ -337,9 +353,13 @@ def create_app(settings: Settings) -> FastAPI:
         events = read_json(folder / "events.json") or {}
         files = [name for name in RESULT_FILES if (folder / name).is_file()]
         files += sorted(p.name for p in folder.glob("video_*.png"))
-        return {"run": run, "summary": read_json(folder / "summary.json"),
-                "metrics": read_json(folder / "metrics.json"), "scores": read_scores(folder),
-                "events": events.get("events", []), "files": files}
+        summary, metrics = read_json(folder / "summary.json"), read_json(folder / "metrics.json")
+        checkpoint = (metrics or summary or {}).get("checkpoint")
+        curves = {}
+        if checkpoint and Path(checkpoint).is_file():  # the training curves of the run that wrote it
+            curves = read_curves(info.describe(Path(checkpoint), checkpoint).get("curves"))
+        return {"run": run, "summary": summary, "metrics": metrics, "scores": read_scores(folder),
+                "events": events.get("events", []), "files": files, "curves": curves}
 
     @app.get("/files/{run}/{name}")
     def result_file(run: str, name: str) -> FileResponse:

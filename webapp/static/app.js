@@ -327,9 +327,27 @@ async function renderSide(side) {
     const row = el("tr"); row.append(el("th", {}, key), el("td", {}, value)); table.append(row);
   }
   view.append(el("h3", {}, run), table);
+  const curves = Object.entries(data.curves || {});
+  if (curves.length) view.append(el("h4", {}, "training curves"));
+  for (const [name, points] of curves) view.append(curveChart(name, points));
   for (const name of data.files.filter((f) => f.endsWith(".png"))) {
     view.append(el("img", { src: `/files/${encodeURIComponent(run)}/${name}`, alt: name }));
   }
+}
+
+function curveChart(name, points) {
+  // one series against the training step, scaled to its own range, with its last value
+  const box = el("div", { class: "curve", "data-curve": name });
+  const steps = points.map((p) => p[0]), values = points.map((p) => p[1]);
+  const [s0, s1] = [Math.min(...steps), Math.max(...steps)], [v0, v1] = [Math.min(...values), Math.max(...values)];
+  const svg = document.createElementNS(SVG_NS, "svg");
+  svg.setAttribute("viewBox", "0 0 300 70");
+  const line = document.createElementNS(SVG_NS, "polyline");
+  line.setAttribute("points", points.map(([s, v]) => `${(((s - s0) / ((s1 - s0) || 1)) * 296 + 2).toFixed(1)},${(66 - ((v - v0) / ((v1 - v0) || 1)) * 62).toFixed(1)}`).join(" "));
+  svg.append(line);
+  const last = values[values.length - 1];
+  box.append(el("span", {}, `${name}: ${last.toPrecision(4)} at step ${steps[steps.length - 1]} (range ${v0.toPrecision(3)}-${v1.toPrecision(3)})`), svg);
+  return box;
 }
 
 $("left").addEventListener("change", () => renderSide("left"));
