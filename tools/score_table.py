@@ -63,7 +63,7 @@ def main() -> int:
     if args.baseline:
         groups.append((f"{args.baseline} (no training)", [None]))
     for spec in args.group:
-        label, _, paths = spec.partition("=")
+        label, _, paths = spec.rpartition("=")
         if not paths:
             raise UserError(f"--group={spec}: write label=checkpoint[,checkpoint...]")
         groups.append((label.strip(), [x.strip() for x in paths.split(",") if x.strip()]))
