@@ -90,7 +90,7 @@ def test_fields_of_gives_the_former_hand_kept_lists():
     assert set(eval_cli.EVAL_OVERRIDES) == set(fields_of("eval_override")) == {
         "dataset", "data_root", "labels", "cache_dir", "device", "amp", "channels_last", "eval_batch_size",
         "num_threads", "results_dir", "weights_dir", "macro_single_class", "plots", "score_norm", "score_lambda",
-        "score_weights"}
+        "score_weights", "score"}
     names = [f.name for f in dataclasses.fields(Config)]
     assert list(fields_of("stage_one")) == [n for n in names if n in fields_of("stage_one")]  # field order
     with pytest.raises(ValueError, match="unknown kind"):
