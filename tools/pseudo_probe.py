@@ -1,0 +1,66 @@
+"""How separable the pseudo-anomalies of pseudo.py are for given checkpoints: a probe for choosing them.
+
+    python tools/pseudo_probe.py --data_root=../shared/data R13/weights/g_best_pseudo_ped2.pth R13/weights/latest_ped2.pth
+
+For each checkpoint, on its own held-out training videos (``--val_holdout`` of its config; never a test frame): the
+mean score of the normal frames, and for each skip in --skips the pseudo-anomaly AUC (what ``--val_pseudo`` keeps)
+and the mean gap in dB between normal and pseudo-anomalous frames.  A selection statistic is useful only if it
+orders checkpoints; an AUC that is 100% for all of them cannot.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pseudo  # noqa: E402
+from checkpoint import load_networks, read_for_scoring  # noqa: E402
+from dataset import VideoSet  # noqa: E402
+from engine import split_holdout  # noqa: E402
+from errors import UserError, run_cli  # noqa: E402
+from evaluation import predict_psnr  # noqa: E402
+from runtime import resolve_amp, use_channels_last  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("--data_root", default="")
+    p.add_argument("--skips", default="2,3")
+    args = p.parse_args()
+    skips = [int(s) for s in args.skips.split(",")]
+    device = torch.device("cpu")
+    print("| checkpoint | step | held-out normal (dB) | " + " | ".join(
+        f"skip {s}: AUC, gap (dB)" for s in skips) + " |")
+    print("|---|---|---|" + "---|" * len(skips))
+    for path in args.checkpoints:
+        state, cfg = read_for_scoring(path)
+        cfg = cfg.replace(**({"data_root": args.data_root} if args.data_root else {}))
+        if not cfg.val_holdout:
+            raise UserError(f"{path} was trained without --val_holdout: it has no held-out videos to probe with")
+        generator, _ = load_networks(path, state, cfg)
+        amp, nhwc = resolve_amp(cfg, device), use_channels_last(cfg, device)
+        generator = generator.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+        _, holdout = split_holdout(VideoSet.load(cfg, "training"), cfg.val_holdout)
+
+        def predict(videos: VideoSet) -> list[np.ndarray]:
+            return predict_psnr(generator, videos, cfg, device, amp, nhwc, progress=False)
+
+        normal = predict(holdout)
+        cells = []
+        for skip in skips:
+            abnormal = np.concatenate(predict(pseudo.skipped(holdout, skip)))
+            auc = pseudo.pseudo_auc(normal, lambda _videos, a=abnormal: [a], holdout)
+            cells.append(f"{100 * auc:.2f}%, {np.mean(np.concatenate(normal)) - np.mean(abnormal):.2f}")
+        print(f"| {Path(path).name} | {state.get('step')} | {np.mean(np.concatenate(normal)):.2f} | "
+              + " | ".join(cells) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
