@@ -53,6 +53,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def machine_key() -> str:
+    """What a cached verdict holds for: this CPU, thread count and torch version."""
+    return f"{cpu_model()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+
+
 def cache_path() -> Path:
     root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ffp-vad"
     return Path(root) / "autotune.json"
@@ -136,7 +141,7 @@ def choose(cfg: Config, purpose: str, key_extra: str, make_step: Callable[[], Ca
     options = candidates(cfg)
     if len(options) == 1:
         return options[0]
-    key = "|".join([cpu_model(), f"threads={torch.get_num_threads()}", f"torch={torch.__version__}", purpose,
+    key = "|".join([machine_key(), purpose,
                     f"amp={cfg.amp}", f"channels_last={cfg.channels_last}", key_extra])
     path = cache_path()
     cache = _load_cache(path)
@@ -174,9 +179,13 @@ def choose(cfg: Config, purpose: str, key_extra: str, make_step: Callable[[], Ca
 def enabled(device: torch.device, cfg: Config) -> bool:
     """Whether ``auto`` is measured here: on the CPU of a single-process run, unless FFP_AUTOTUNE=off, when a flag
     is still auto.  (Under torchrun every process must take the same setting: the flag rule decides there.)"""
+    return measuring_allowed(device) and "auto" in (cfg.amp, cfg.channels_last)
+
+
+def measuring_allowed(device: torch.device) -> bool:
+    """On the CPU of a single-process run, unless FFP_AUTOTUNE=off: where a measured choice may be made."""
     return (device.type == "cpu" and not distributed.launched()
-            and os.environ.get(SWITCH_ENV, "on").lower() not in ("0", "off", "false", "no")
-            and "auto" in (cfg.amp, cfg.channels_last))
+            and os.environ.get(SWITCH_ENV, "on").lower() not in ("0", "off", "false", "no"))
 
 
 def sample_inputs(cfg: Config, method, batch: int) -> torch.Tensor:
@@ -214,12 +223,11 @@ def inference_batch(cfg: Config, device: torch.device, method, generator: nn.Mod
     unless another is faster by more than :data:`MARGIN`.  Frames of a batch do not interact (BatchNorm in eval
     mode), so the batch changes the speed, not the scores (beyond floating-point rounding)."""
     default = eval_batch_size(cfg, device)
-    if (cfg.eval_batch_size or device.type != "cpu" or distributed.launched()
-            or os.environ.get(SWITCH_ENV, "on").lower() in ("0", "off", "false", "no")):
+    if cfg.eval_batch_size or not measuring_allowed(device):
         return default
-    key = "|".join([cpu_model(), f"threads={torch.get_num_threads()}", f"torch={torch.__version__}",
-                    "evaluation batch", describe(compute), f"model={cfg.model}", f"method={method.name}",
-                    f"width={cfg.base_channels}", f"size={cfg.img_size}", f"clip={cfg.clip_len}"])
+    key = "|".join([machine_key(), "evaluation batch", describe(compute), f"model={cfg.model}",
+                    f"method={method.name}", f"width={cfg.base_channels}", f"size={cfg.img_size}",
+                    f"clip={cfg.clip_len}"])
     path = cache_path()
     cache = _load_cache(path)
     verdict = cache.get(key)

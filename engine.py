@@ -454,9 +454,7 @@ class Trainer:
         values = predict_psnr_sharded(self.eval_generator, self.holdout, self.cfg, self.device,
                                       self.amp_dtype, self.channels_last, progress=False)
         mean_psnr = float(np.mean(np.concatenate(values)))
-        self._curve({"holdout_psnr": mean_psnr})
-        if self.writer is not None:
-            self.writer.add_scalar("val/holdout_psnr", mean_psnr, self.step)
+        self._figure("holdout_psnr", mean_psnr)
         if mean_psnr > self.best_val_psnr:
             self.best_val_psnr, self.best_val_step = mean_psnr, self.step
             self.save("g_best_val")
@@ -471,9 +469,7 @@ class Trainer:
         auc = pseudo_auc(normal_values, lambda videos: predict_psnr_sharded(
             self.eval_generator, videos, self.cfg, self.device, self.amp_dtype, self.channels_last, progress=False),
             self.holdout, self.cfg.val_pseudo)
-        self._curve({"pseudo_auc": auc})
-        if self.writer is not None:
-            self.writer.add_scalar("val/pseudo_auc", auc, self.step)
+        self._figure("pseudo_auc", auc)
         if auc > self.best_pseudo_auc:
             self.best_pseudo_auc, self.best_pseudo_step = auc, self.step
             self.save("g_best_pseudo")
@@ -539,6 +535,12 @@ class Trainer:
     def _curve(self, values: dict[str, float]) -> None:
         if self.curves is not None:
             self.curves.add(self.step, values)
+
+    def _figure(self, name: str, value: float) -> None:
+        """A label-free validation figure, to the curves file and TensorBoard (val/<name>)."""
+        self._curve({name: value})
+        if self.writer is not None:
+            self.writer.add_scalar(f"val/{name}", value, self.step)
 
     def _open_writer(self) -> None:
         if self.rank != 0:

@@ -232,7 +232,7 @@ def main() -> None:
                         help="bytes: glibc serves every allocation at least this big with its own mmap, returned to "
                              "the system when freed (lower peak RSS, more page faults); 0 = glibc's dynamic default")
     parser.add_argument("--readme", action="store_true",
-                        help="the README's Speed table: fp32 against the default at 128 px width 32 and 256 px width 64")
+                        help="the README's Speed table: fp32 against the default at 128 px w32 and 256 px w64")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = parser.parse_args()
     if args.child:

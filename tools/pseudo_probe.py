@@ -1,6 +1,7 @@
 """How separable the pseudo-anomalies of pseudo.py are for given checkpoints: a probe for choosing them.
 
-    python tools/pseudo_probe.py --data_root=../shared/data R13/weights/g_best_pseudo_ped2.pth R13/weights/latest_ped2.pth
+    python tools/pseudo_probe.py --data_root=../shared/data R13/weights/g_best_pseudo_ped2.pth \
+        R13/weights/latest_ped2.pth
 
 For each checkpoint, on its own held-out training videos (``--val_holdout`` of its config; never a test frame): the
 mean score of the normal frames, and for each skip in --skips the pseudo-anomaly AUC (what ``--val_pseudo`` keeps)

@@ -363,8 +363,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/files/{run}/{name}")
     def result_file(run: str, name: str) -> FileResponse:
-        path = inside(run_folder(run), name)
-        if not path.is_file() or path.parent != run_folder(run).resolve():
+        folder = run_folder(run)
+        path = inside(folder, name)
+        if not path.is_file() or path.parent != folder.resolve():
             raise HTTPException(404, f"no file '{name}' in '{run}'")
         return FileResponse(path)
 
