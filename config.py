@@ -170,6 +170,12 @@ class Config:
         2.0, "optimisation", "weight of the optical-flow loss (needs a flow network, --flownet)",
         range=NON_NEGATIVE)
     lam_adv: float = setting(0.05, "optimisation", "weight of G's adversarial loss", range=NON_NEGATIVE)
+    pseudo_anomaly: str = setting(
+        "", "optimisation", "train with pseudo-anomalies too (skip: clips of every 3rd training frame, on which G "
+        "is taught to predict the last input frame, not the fast motion; pseudo.py); empty = off",
+        choices=("", "skip"))
+    lam_pseudo: float = setting(
+        1.0, "optimisation", "weight of the pseudo-anomaly loss (--pseudo_anomaly)", range=NON_NEGATIVE)
     flow_loss_scale: float = setting(
         20.0, "optimisation", "flows enter the flow loss divided by this (FlowNet's native output unit)",
         range=POSITIVE)
@@ -209,9 +215,10 @@ class Config:
         "keeps weights/g_best_val_<dataset>.pth: selection without test labels",
         range=Range(0, note="0 = off"), kinds={_ARCH})
     val_pseudo: str = setting(
-        "", "run control", "with --val_holdout: at every validation also the AUC of the held-out clips against "
-        "pseudo-anomalous versions of them (skip: every 3rd frame, motion too fast; pseudo.py), keeping "
-        "weights/g_best_pseudo_<dataset>.pth: another selection without test labels", choices=("", "skip"))
+        "", "run control", "with --val_holdout: at every validation also score the held-out clips against "
+        "pseudo-anomalous versions of them (every 3rd frame, motion too fast; pseudo.py) and keep "
+        "weights/g_best_pseudo_<dataset>.pth by skip: their AUC, or skip_gap: the mean PSNR gap in dB; "
+        "another selection without test labels", choices=("", "skip", "skip_gap"))
     resume: str = setting(
         "", "run control", "checkpoint name in weights/ (latest_ped2) or a path: continue that run exactly")
     trained_model: str = setting(

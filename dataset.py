@@ -19,7 +19,7 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -199,6 +199,17 @@ class TrainClips:
     def batch(self, clip_ids: Sequence[int]) -> torch.Tensor:
         """uint8 (B, clip_len, H, W, 3)."""
         clips = [self.videos.frames[v][s:s + self.clip_len] for v, s in self.index[np.asarray(clip_ids)]]
+        return torch.from_numpy(np.stack(clips))
+
+    def strided_batch(self, clip_ids: Sequence[int], stride: int, first_frame: Callable[[int, int], int]
+                      ) -> torch.Tensor:
+        """uint8 (B, clip_len, H, W, 3): every ``stride``-th frame from ``first_frame(start, n_frames)`` of each
+        clip's video (the pseudo-anomalies of pseudo.py)."""
+        clips = []
+        for v, s in self.index[np.asarray(clip_ids)]:
+            video = self.videos.frames[v]
+            first = first_frame(int(s), len(video))
+            clips.append(video[first:first + stride * (self.clip_len - 1) + 1:stride])
         return torch.from_numpy(np.stack(clips))
 
 

@@ -50,7 +50,7 @@ from flownet import build_flownet, store_weights_in
 from ioutil import atomic_write_text, ensure_writable_dir
 from methods import TrainingContext, method_for, method_of
 from models import build_discriminator, build_generator, is_trainable
-from pseudo import pseudo_auc
+from pseudo import SKIP, STATISTICS, pseudo_figures, skip_window_start
 from runtime import (InterruptLatch, autocast, configure_threads, resolve_device, rng_state, seed_everything,
                      set_rng_state, signals_held, signals_ignored, versions)
 from metrics import psnr
@@ -154,6 +154,16 @@ def merge_resumed_config(stored: Config, given: Config, explicit: set[str]) -> C
         details = ", ".join(f"--{k}={getattr(given, k)} (checkpoint: {getattr(stored, k)})" for k in changed)
         raise UserError(f"cannot resume with a different {details}: start a new run instead")
     return stored.replace(**{k: getattr(given, k) for k in explicit if k not in ARCHITECTURE_FIELDS})
+
+
+def check_pseudo_anomaly_videos(training: VideoSet, clip_len: int) -> None:
+    """--pseudo_anomaly=skip reads clip_len frames at stride SKIP: every training video must hold that many."""
+    short = [name for name, frames in zip(training.names, training.frames)
+             if skip_window_start(0, len(frames), clip_len) < 0]
+    if short:
+        raise UserError(f"--pseudo_anomaly=skip needs {SKIP * (clip_len - 1) + 1} frames per training video "
+                        f"(clip_len {clip_len} at stride {SKIP}); {', '.join(short[:3])} "
+                        f"{'is' if len(short) == 1 else 'are'} shorter: leave --pseudo_anomaly empty or drop them")
 
 
 class CurveLog:
@@ -279,6 +289,8 @@ class Trainer:
         training, self.holdout = distributed.in_turn(
             lambda: split_holdout(VideoSet.load(cfg, "training"), cfg.val_holdout))
         self.train_clips = TrainClips(training, cfg.clip_len)
+        if cfg.pseudo_anomaly:
+            check_pseudo_anomaly_videos(training, cfg.clip_len)
         # The sampler walks the global order in global batches; this rank trains on slice `rank` of each.
         self.global_batch = cfg.batch_size * self.world
         self.sampler = ClipSampler(len(self.train_clips), self.global_batch, cfg.manualseed)
@@ -288,7 +300,7 @@ class Trainer:
         self.last_saved: Optional[tuple[Path, int]] = None  # (path, step) of the last 'latest' written by this run
         self.step, self.best_auc, self.best_step = 0, -math.inf, -1
         self.best_val_psnr, self.best_val_step = -math.inf, -1
-        self.best_pseudo_auc, self.best_pseudo_step = -math.inf, -1
+        self.best_pseudo, self.best_pseudo_step = -math.inf, -1  # the --val_pseudo statistic
         self.history: list[StepLosses] = []
         if resume_from is not None:
             self._restore(resume_from)
@@ -301,7 +313,7 @@ class Trainer:
             scaler_g=self.scaler_g, scaler_d=self.scaler_d, flownet=self.flownet, train_clips=self.train_clips,
             rank=self.rank, run_generator=distributed.wrap(self.generator, self.device),
             run_discriminator=distributed.wrap(self.discriminator, self.device),
-            ground_truth_flow=self.ground_truth_flow)
+            ground_truth_flow=self.ground_truth_flow, pseudo_clips=self.pseudo_anomaly_clips)
         self.method_cache = self.context.cache  # what a method computes once per training frame (MAMA's inputs)
         self.run_dir = Path(cfg.log_dir) / f"{cfg.dataset}_bs{self.global_batch}"
         self.writer = None
@@ -330,7 +342,7 @@ class Trainer:
             "sched_d": self.sched_d.state_dict(), "scaler_g": self.scaler_g.state_dict(),
             "scaler_d": self.scaler_d.state_dict(), "config": self.cfg.__dict__.copy(),
             "best_auc": self.best_auc, "best_step": self.best_step, "best_val_psnr": self.best_val_psnr,
-            "best_val_step": self.best_val_step, "best_pseudo_auc": self.best_pseudo_auc,
+            "best_val_step": self.best_val_step, "best_pseudo": self.best_pseudo,
             "best_pseudo_step": self.best_pseudo_step, "rng": rng_state(),
             "sampler": self.sampler.state_dict(), "versions": versions(),
             # config.batch_size is per process; the sampler position counts global batches of global_batch clips.
@@ -355,7 +367,7 @@ class Trainer:
         self.step, self.best_auc, self.best_step = state["step"], state["best_auc"], state["best_step"]
         self.best_val_psnr = state.get("best_val_psnr", -math.inf)
         self.best_val_step = state.get("best_val_step", -1)
-        self.best_pseudo_auc = state.get("best_pseudo_auc", -math.inf)
+        self.best_pseudo = state.get("best_pseudo", state.get("best_pseudo_auc", -math.inf))
         self.best_pseudo_step = state.get("best_pseudo_step", -1)
 
     def _initialise_from(self, name: str) -> None:
@@ -422,6 +434,16 @@ class Trainer:
         ids = self.sampler.next_batch()[self.rank * b:(self.rank + 1) * b]
         return ids, self.train_clips.batch(ids)
 
+    def pseudo_anomaly_clips(self, clip_ids) -> Optional[torch.Tensor]:
+        """--pseudo_anomaly=skip: the stride-SKIP clips of the first half of this rank's clips (at least one), in
+        the model's range on the device; None when the option is off (pseudo.py)."""
+        if not self.cfg.pseudo_anomaly:
+            return None
+        ids = clip_ids[:max(1, len(clip_ids) // 2)]
+        clips = self.train_clips.strided_batch(ids, SKIP, lambda start, n: skip_window_start(
+            start, n, self.cfg.clip_len))
+        return to_model_range(clips.to(self.device, non_blocking=True))
+
     def ground_truth_flow(self, clip_ids, last: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The frozen flow network's flow of each clip's (last input, target) pair, computed once per clip."""
         missing = [i for i, c in enumerate(clip_ids) if int(c) not in self.gt_flow]
@@ -464,17 +486,20 @@ class Trainer:
             self.validate_pseudo(values)
 
     def validate_pseudo(self, normal_values: list[np.ndarray]) -> None:
-        """The held-out clips against their pseudo-anomalous versions (pseudo.py); the best AUC is kept as
-        g_best_pseudo (no test labels)."""
-        auc = pseudo_auc(normal_values, lambda videos: predict_psnr_sharded(
+        """The held-out clips against their pseudo-anomalous versions (pseudo.py): both figures logged, the one
+        --val_pseudo names keeps g_best_pseudo (no test labels)."""
+        figures = pseudo_figures(normal_values, lambda videos: predict_psnr_sharded(
             self.eval_generator, videos, self.cfg, self.device, self.amp_dtype, self.channels_last, progress=False),
-            self.holdout, self.cfg.val_pseudo)
-        self._figure("pseudo_auc", auc)
-        if auc > self.best_pseudo_auc:
-            self.best_pseudo_auc, self.best_pseudo_step = auc, self.step
+            self.holdout)
+        self._figure("pseudo_auc", figures["auc"])
+        self._figure("pseudo_gap_db", figures["gap_db"])
+        value = figures[STATISTICS[self.cfg.val_pseudo]]
+        if value > self.best_pseudo:
+            self.best_pseudo, self.best_pseudo_step = value, self.step
             self.save("g_best_pseudo")
-        self._print(f"step {self.step}: pseudo-anomaly AUC {100 * auc:.2f}% on the held-out videos (best "
-                    f"{100 * self.best_pseudo_auc:.2f}% at step {self.best_pseudo_step})")
+        self._print(f"step {self.step}: pseudo-anomaly AUC {100 * figures['auc']:.2f}%, gap "
+                    f"{figures['gap_db']:.2f} dB on the held-out videos (best {self.cfg.val_pseudo} at step "
+                    f"{self.best_pseudo_step})")
 
     def validate(self) -> float:
         if self.holdout is not None:

@@ -63,6 +63,9 @@ class TrainingContext:
     run_generator: Callable[..., Any]
     run_discriminator: Callable[..., Any]
     ground_truth_flow: Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
+    # --pseudo_anomaly: the pseudo-anomalous clips (model range, on the device) made from some of a batch's clips,
+    # or None when the option is off (pseudo.py)
+    pseudo_clips: Callable[[Any], Optional[torch.Tensor]] = lambda clip_ids: None
     cache: dict[str, Any] = field(default_factory=dict)  # what a method computes once per training frame
 
     def autocast(self):
@@ -126,6 +129,7 @@ class Method:
     trains_discriminator: ClassVar[bool] = True
     scores_with_discriminator: ClassVar[bool] = False
     uses_flow_loss: ClassVar[bool] = False
+    trains_with_pseudo_anomalies: ClassVar[bool] = False  # its train_step uses ctx.pseudo_clips (--pseudo_anomaly)
     scores_by_psnr: ClassVar[bool] = False  # the score is -PSNR alone (FFP's protocol applies bit for bit)
     checkpoint_names: ClassVar[dict[str, str]] = {}  # checkpoint kind -> file stem, where it is not the kind
     stages: ClassVar[dict[str, str]] = {}  # --stage value -> the method that trains it (MAMA: destroyer)
@@ -205,6 +209,9 @@ def method_of(cfg: Config) -> "Method":
 def method_for(cfg: Config) -> "Method":
     """The method of ``cfg.model`` (and ``cfg.stage``), after checking that the config suits it."""
     method = method_of(cfg)
+    if cfg.pseudo_anomaly and not method.trains_with_pseudo_anomalies:
+        raise UserError(f"--pseudo_anomaly={cfg.pseudo_anomaly} is built for the frame-prediction method; "
+                        f"--model={cfg.model} ({method.name}) does not train with it: leave --pseudo_anomaly empty")
     method.check(cfg)
     return method
 

@@ -5,6 +5,8 @@ Paper (Sec. 3, Algorithm 1): the generator maps the clip's input frames to frame
 and the *detached* prediction (least-squares GAN, Eq. 8), then G on
 lam_int * L_int (Eq. 1) + lam_grad * L_gd (Eq. 2) + lam_flow * L_op (Eq. 3) + lam_adv * L_adv (Eq. 7) with D frozen.
 The score is the PSNR of the predicted frame (Eq. 10), min-max normalised per video (Eq. 11).
+Ours: ``--pseudo_anomaly=skip`` adds lam_pseudo * (lam_int * L_int + lam_grad * L_gd) of G's prediction from a
+stride-3 clip against that clip's last input frame (pseudo.py states the loss and why); off by default.
 Ours: the ground-truth flow of a clip is computed once and kept (engine.Trainer.ground_truth_flow); flows enter the
 flow loss divided by ``--flow_loss_scale`` (FlowNet's native unit; docs/flow.md).
 """
@@ -26,7 +28,8 @@ class PredictionMethod(Method):
     description = "a frame-prediction method"
     uses_flow_loss = True
     scores_by_psnr = True
-    loss_names = ("g_total", "g_int", "g_grad", "g_flow", "g_adv", "d_loss")
+    trains_with_pseudo_anomalies = True
+    loss_names = ("g_total", "g_int", "g_grad", "g_flow", "g_adv", "g_pseudo", "d_loss")
 
     def check(self, cfg: Config) -> None:
         if cfg.clip_len < 2:
@@ -47,8 +50,15 @@ class PredictionMethod(Method):
         cfg = ctx.cfg
         inputs, target = ctx.layout(*self.split(x))
         last = x[:, -2]
-        with ctx.autocast():
-            prediction = ctx.run_generator(inputs).float()
+        pseudo = ctx.pseudo_clips(clip_ids)
+        if pseudo is None:
+            with ctx.autocast():
+                prediction = ctx.run_generator(inputs).float()
+        else:  # one forward pass for the normal and the pseudo-anomalous clips (DDP: one forward per backward)
+            pseudo_inputs, _ = ctx.layout(*self.split(pseudo))
+            with ctx.autocast():
+                both = ctx.run_generator(torch.cat([inputs, pseudo_inputs])).float()
+            prediction, pseudo_prediction = both[:len(inputs)], both[len(inputs):]
         with ctx.autocast():
             d_loss = losses.discriminator_loss(ctx.run_discriminator(target).float(),
                                                ctx.run_discriminator(prediction.detach()).float())
@@ -70,9 +80,15 @@ class PredictionMethod(Method):
             g_total = cfg.lam_int * g_int + cfg.lam_grad * g_grad + cfg.lam_adv * g_adv
             if flownet is not None:
                 g_total = g_total + cfg.lam_flow * g_flow
+            g_pseudo = torch.zeros((), device=ctx.device)
+            if pseudo is not None:  # "nothing here moves this fast": predict the pseudo clip's last input frame
+                still = pseudo[:, -2]
+                g_pseudo = (cfg.lam_int * losses.intensity_loss(pseudo_prediction, still)
+                            + cfg.lam_grad * losses.gradient_loss(pseudo_prediction, still))
+                g_total = g_total + cfg.lam_pseudo * g_pseudo
             ctx.step_generator(g_total)
-        return dict(g_total=g_total, g_int=g_int, g_grad=g_grad, g_flow=g_flow, g_adv=g_adv, d_loss=d_loss,
-                    prediction=prediction, target=target)
+        return dict(g_total=g_total, g_int=g_int, g_grad=g_grad, g_flow=g_flow, g_adv=g_adv, g_pseudo=g_pseudo,
+                    d_loss=d_loss, prediction=prediction, target=target)
 
 
 METHODS.register("prediction", PredictionMethod())

@@ -1,12 +1,14 @@
-"""Pseudo-anomaly selection (pseudo.py, --val_pseudo=skip): the clips it makes, its AUC by hand, and a training
-run that keeps g_best_pseudo from held-out training videos only."""
+"""Pseudo-anomalies (pseudo.py): the clips selection makes, its AUC and gap by hand, a training run that keeps
+g_best_pseudo from held-out training videos only; --pseudo_anomaly=skip's training clips, its loss and its errors."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+import losses
 import pseudo
 from dataset import VideoSet
 from engine import Trainer
@@ -20,13 +22,16 @@ def test_skipped_clips_cover_every_frame_once_at_three_times_the_speed():
     assert [list(f[:, 0, 0, 0]) for f in out.frames] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
 
 
-def test_pseudo_auc_by_hand():
+def test_pseudo_auc_and_gap_by_hand():
     holdout = VideoSet(["v"], [np.zeros((9, 2, 2, 3), np.uint8)])
     normal = [np.array([30.0, 31.0, 32.0])]
     worse = lambda videos: [np.full(len(f), 20.0) for f in videos.frames]  # noqa: E731
-    assert pseudo.pseudo_auc(normal, worse, holdout) == 1.0  # every pseudo clip predicted worse: separated
+    figures = pseudo.pseudo_figures(normal, worse, holdout)
+    assert figures["auc"] == 1.0  # every pseudo clip predicted worse: separated
+    assert figures["gap_db"] == pytest.approx(11.0)  # 31 dB mean against 20: the gap goes on where the AUC stops
     mixed = lambda videos: [np.full(len(f), 31.0) for f in videos.frames]  # noqa: E731
-    assert pseudo.pseudo_auc(normal, mixed, holdout) == pytest.approx(0.5)  # ties with the middle one
+    figures = pseudo.pseudo_figures(normal, mixed, holdout)
+    assert figures["auc"] == pytest.approx(0.5) and figures["gap_db"] == pytest.approx(0.0)  # ties the middle one
 
 
 def test_training_keeps_g_best_pseudo_from_held_out_training_videos_only(small_cfg, monkeypatch, capsys):
@@ -40,6 +45,59 @@ def test_training_keeps_g_best_pseudo_from_held_out_training_videos_only(small_c
     held_out = list(trainer.holdout.names)  # the last two videos of the training split, never a test video
     assert seen and set(seen) == set(held_out) and len(held_out) == 2
     assert (Path(cfg.weights_dir) / "g_best_pseudo_toy.pth").exists()
-    assert "pseudo-anomaly AUC" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "pseudo-anomaly AUC" in out and "gap" in out
     with pytest.raises(UserError, match="add --val_holdout"):
         Trainer(small_cfg.replace(val_pseudo="skip", val_holdout=0), progress=False)
+
+
+@pytest.mark.parametrize("statistic", ["skip", "skip_gap"])
+def test_g_best_pseudo_follows_the_named_statistic(small_cfg, monkeypatch, statistic):
+    """Validations see AUC 1.0, 1.0 and gaps 2, 5 dB: skip keeps the first (the AUC does not rise), skip_gap the
+    second."""
+    figures = iter([{"auc": 1.0, "gap_db": 2.0}, {"auc": 1.0, "gap_db": 5.0}])
+    monkeypatch.setattr("engine.pseudo_figures", lambda *args, **kwargs: next(figures))
+    trainer = Trainer(small_cfg.replace(iters=4, val_interval=2, val_holdout=2, val_pseudo=statistic),
+                      progress=False)
+    trainer.fit()
+    assert trainer.best_pseudo_step == {"skip": 2, "skip_gap": 4}[statistic]
+
+
+def test_skip_window_start_stays_inside_the_video():
+    assert pseudo.skip_window_start(0, 20, 5) == 0
+    assert pseudo.skip_window_start(10, 20, 5) == 7  # 7 + 3 * 4 = 19, the last frame
+    assert pseudo.skip_window_start(0, 12, 5) == -1  # 13 frames needed
+
+
+def test_pseudo_anomaly_training_clips_are_strided_training_frames_and_the_loss_targets_the_last_input(
+        small_cfg, monkeypatch):
+    cfg = small_cfg.replace(iters=1, pseudo_anomaly="skip", val_holdout=2)
+    trainer = Trainer(cfg, progress=False)
+    clips = trainer.train_clips
+    ids = np.array([0, len(clips) - 1, 3, 5])
+    made = trainer.pseudo_anomaly_clips(ids)
+    assert made.shape[0] == 2  # the first half of the batch
+    for k, clip_id in enumerate(ids[:2]):
+        v, start = clips.index[clip_id]
+        video = clips.videos.frames[v]  # a training video: held-out and test videos are not in train_clips
+        first = pseudo.skip_window_start(int(start), len(video), cfg.clip_len)
+        expected = torch.from_numpy(np.array(video[first:first + 13:3])).movedim(-1, -3).float() / 127.5 - 1
+        assert torch.equal(made[k], expected)
+    assert not set(trainer.holdout.names) & set(clips.videos.names)
+
+    targets = []
+    real_intensity = losses.intensity_loss
+    monkeypatch.setattr(losses, "intensity_loss", lambda prediction, target: targets.append(target.detach().clone())
+                        or real_intensity(prediction, target))
+    out = trainer.train_step(ids, clips.batch(ids))
+    assert out.g_pseudo > 0
+    assert len(targets) == 2  # the batch's normal targets, then the pseudo clips' last input frames
+    assert targets[0].shape[0] == len(ids) and torch.equal(targets[1], made[:, -2])
+
+
+def test_pseudo_anomaly_refused_where_it_cannot_train(small_cfg):
+    with pytest.raises(UserError, match="built for the frame-prediction method"):
+        Trainer(small_cfg.replace(model="skipganomaly", pseudo_anomaly="skip"), progress=False)
+    short = small_cfg.replace(pseudo_anomaly="skip", clip_len=60)
+    with pytest.raises(UserError, match=r"needs 178 frames per training video"):
+        Trainer(short, progress=False)

@@ -55,9 +55,8 @@ def main() -> int:
         normal = predict(holdout)
         cells = []
         for skip in skips:
-            abnormal = np.concatenate(predict(pseudo.skipped(holdout, skip)))
-            auc = pseudo.pseudo_auc(normal, lambda _videos, a=abnormal: [a], holdout)
-            cells.append(f"{100 * auc:.2f}%, {np.mean(np.concatenate(normal)) - np.mean(abnormal):.2f}")
+            figures = pseudo.pseudo_figures(normal, predict, holdout, skip)
+            cells.append(f"{100 * figures['auc']:.2f}%, {figures['gap_db']:.2f}")
         print(f"| {Path(path).name} | {state.get('step')} | {np.mean(np.concatenate(normal)):.2f} | "
               + " | ".join(cells) + " |", flush=True)
     return 0

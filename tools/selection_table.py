@@ -1,0 +1,86 @@
+"""Which checkpoint each selection rule picks, and its test AUC, from the training curves of finished runs.
+
+    python tools/selection_table.py --group="ped2_cpu 1,500 steps=runs/s50,runs/s1,runs/s2" \\
+        --group="+ --pseudo_anomaly=skip=runs/pa_s50,runs/pa_s1,runs/pa_s2"
+
+Each run folder is one ``tools/ped2_cpu.py --out`` (or any train.py run whose ``curves.csv`` sits under it); its
+curves hold, at every validation, the held-out PSNR, the pseudo-anomaly AUC and gap (``--val_pseudo``) and the test
+micro AUC.  A rule picks the first validation step with the best value of its figure, as train.py does when it
+keeps ``g_best_val`` / ``g_best_pseudo`` / ``g_best_auc``; the table shows the test micro AUC at that step (mean +- sd
+over the group's runs, ddof 1) and the steps picked.  "best on test" is the oracle that uses test labels, there only
+as the ceiling; "last" is the final step.  The test AUC of a step is the one train.py computed at that validation
+(the same evaluation as eval.py; eval.py of the saved checkpoints gives the macro AUC and EER).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from errors import UserError, run_cli  # noqa: E402
+
+RULES = {  # rule -> the curve it maximises (None: the last validation)
+    "held-out PSNR": "holdout_psnr", "pseudo AUC (skip)": "pseudo_auc", "pseudo gap (skip_gap)": "pseudo_gap_db",
+    "last": None, "best on test (oracle)": "test_auc",
+}
+
+
+def read_curves(run: Path) -> dict[str, dict[int, float]]:
+    """name -> {step: value} of the run's curves.csv (the one file under ``run``)."""
+    found = sorted(run.rglob("curves.csv"))
+    if len(found) != 1:
+        raise UserError(f"{run}: expected one curves.csv under it, found {len(found)}: pass a run folder")
+    curves: dict[str, dict[int, float]] = {}
+    for line in found[0].read_text().splitlines()[1:]:
+        step, name, value = line.split(",")
+        curves.setdefault(name, {})[int(step)] = float(value)
+    return curves
+
+
+def pick(curves: dict[str, dict[int, float]], figure: str | None) -> int | None:
+    """The first validation step with the best value of ``figure`` (the last validation for None)."""
+    validated = curves.get("test_auc", {})
+    if figure is None:
+        return max(validated) if validated else None
+    values = curves.get(figure)
+    if not values:
+        return None
+    best = max(values.values())
+    return min(step for step, value in values.items() if value == best)
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}%"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}%"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--group", action="append", default=[], help="label=run_folder,run_folder,...")
+    args = p.parse_args()
+    if not args.group:
+        raise UserError("pass at least one --group=label=run_folder,...")
+    print("| runs | rule | test micro AUC | steps picked |")
+    print("|---|---|---|---|")
+    for group in args.group:
+        label, _, paths = group.rpartition("=")
+        runs = [Path(x.strip()) for x in paths.split(",") if x.strip()]
+        all_curves = [read_curves(run) for run in runs]
+        for rule, figure in RULES.items():
+            steps = [pick(curves, figure) for curves in all_curves]
+            if any(step is None for step in steps):
+                continue  # a figure these runs did not log (no --val_holdout / --val_pseudo)
+            aucs = [curves["test_auc"][step] for curves, step in zip(all_curves, steps)]
+            print(f"| {label} | {rule} | {cell(aucs)} | {', '.join(map(str, steps))} |")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
