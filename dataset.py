@@ -19,7 +19,7 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -201,16 +201,22 @@ class TrainClips:
         clips = [self.videos.frames[v][s:s + self.clip_len] for v, s in self.index[np.asarray(clip_ids)]]
         return torch.from_numpy(np.stack(clips))
 
-    def strided_batch(self, clip_ids: Sequence[int], stride: int, first_frame: Callable[[int, int], int]
-                      ) -> torch.Tensor:
-        """uint8 (B, clip_len, H, W, 3): every ``stride``-th frame from ``first_frame(start, n_frames)`` of each
-        clip's video (the pseudo-anomalies of pseudo.py)."""
+    def strided_batch(self, clip_ids: Sequence[int], stride: int) -> torch.Tensor:
+        """uint8 (B, clip_len, H, W, 3): every ``stride``-th frame of each clip's video from the clip's first frame
+        (moved back where the video ends too soon; the pseudo-anomalies of pseudo.py)."""
         clips = []
         for v, s in self.index[np.asarray(clip_ids)]:
             video = self.videos.frames[v]
-            first = first_frame(int(s), len(video))
+            first = strided_window_start(int(s), len(video), self.clip_len, stride)
             clips.append(video[first:first + stride * (self.clip_len - 1) + 1:stride])
         return torch.from_numpy(np.stack(clips))
+
+
+def strided_window_start(start: int, n_frames: int, clip_len: int, stride: int) -> int:
+    """First frame of a window of ``clip_len`` frames at ``stride`` that starts at ``start``, moved back to end
+    inside the video; -1 when the video is too short for any."""
+    span = stride * (clip_len - 1)
+    return min(start, n_frames - 1 - span) if n_frames > span else -1
 
 
 class ClipSampler:

@@ -43,14 +43,14 @@ import distributed
 from autotune import compute_record, resolve_compute, resumed_compute, sample_inputs, training_step
 from checkpoint import load_checkpoint, load_weights, resolve_checkpoint, save_checkpoint
 from config import Config, config_from_dict, fields_of, write_config
-from dataset import ClipSampler, TestSet, TrainClips, VideoSet, to_model_range
+from dataset import ClipSampler, TestSet, TrainClips, VideoSet, strided_window_start, to_model_range
 from errors import STOP_SIGNALS, Interrupted, UserError
 from evaluation import evaluate, predict_psnr_sharded
 from flownet import build_flownet, store_weights_in
 from ioutil import atomic_write_text, ensure_writable_dir
 from methods import TrainingContext, method_for, method_of
 from models import build_discriminator, build_generator, is_trainable
-from pseudo import SKIP, STATISTICS, pseudo_figures, skip_window_start
+from pseudo import SKIP, STATISTICS, pseudo_figures
 from runtime import (InterruptLatch, autocast, configure_threads, resolve_device, rng_state, seed_everything,
                      set_rng_state, signals_held, signals_ignored, versions)
 from metrics import psnr
@@ -159,7 +159,7 @@ def merge_resumed_config(stored: Config, given: Config, explicit: set[str]) -> C
 def check_pseudo_anomaly_videos(training: VideoSet, clip_len: int) -> None:
     """--pseudo_anomaly=skip reads clip_len frames at stride SKIP: every training video must hold that many."""
     short = [name for name, frames in zip(training.names, training.frames)
-             if skip_window_start(0, len(frames), clip_len) < 0]
+             if strided_window_start(0, len(frames), clip_len, SKIP) < 0]
     if short:
         raise UserError(f"--pseudo_anomaly=skip needs {SKIP * (clip_len - 1) + 1} frames per training video "
                         f"(clip_len {clip_len} at stride {SKIP}); {', '.join(short[:3])} "
@@ -343,7 +343,7 @@ class Trainer:
             "scaler_d": self.scaler_d.state_dict(), "config": self.cfg.__dict__.copy(),
             "best_auc": self.best_auc, "best_step": self.best_step, "best_val_psnr": self.best_val_psnr,
             "best_val_step": self.best_val_step, "best_pseudo": self.best_pseudo,
-            "best_pseudo_step": self.best_pseudo_step, "rng": rng_state(),
+            "best_pseudo_rule": self.cfg.val_pseudo, "best_pseudo_step": self.best_pseudo_step, "rng": rng_state(),
             "sampler": self.sampler.state_dict(), "versions": versions(),
             # config.batch_size is per process; the sampler position counts global batches of global_batch clips.
             "distributed": {"world_size": self.world, "global_batch": self.global_batch},
@@ -367,8 +367,9 @@ class Trainer:
         self.step, self.best_auc, self.best_step = state["step"], state["best_auc"], state["best_step"]
         self.best_val_psnr = state.get("best_val_psnr", -math.inf)
         self.best_val_step = state.get("best_val_step", -1)
-        self.best_pseudo = state.get("best_pseudo", state.get("best_pseudo_auc", -math.inf))
-        self.best_pseudo_step = state.get("best_pseudo_step", -1)
+        if state.get("best_pseudo_rule", "skip") == self.cfg.val_pseudo:  # an AUC and a gap do not compare
+            self.best_pseudo = state.get("best_pseudo", state.get("best_pseudo_auc", -math.inf))
+            self.best_pseudo_step = state.get("best_pseudo_step", -1)
 
     def _initialise_from(self, name: str) -> None:
         """Transfer learning: the networks of another run (any dataset), with fresh optimizers and step 0."""
@@ -440,8 +441,7 @@ class Trainer:
         if not self.cfg.pseudo_anomaly:
             return None
         ids = clip_ids[:max(1, len(clip_ids) // 2)]
-        clips = self.train_clips.strided_batch(ids, SKIP, lambda start, n: skip_window_start(
-            start, n, self.cfg.clip_len))
+        clips = self.train_clips.strided_batch(ids, SKIP)
         return to_model_range(clips.to(self.device, non_blocking=True))
 
     def ground_truth_flow(self, clip_ids, last: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

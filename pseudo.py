@@ -70,9 +70,3 @@ def pseudo_figures(normal_values: list[np.ndarray], predict: Callable[[VideoSet]
     auc = micro_auc([-np.concatenate([normal, abnormal])], [labels])
     return {"auc": float(auc), "gap_db": float(normal.mean() - abnormal.mean())}
 
-
-def skip_window_start(start: int, n_frames: int, clip_len: int, skip: int = SKIP) -> int:
-    """First frame of the stride-``skip`` clip for the training clip that starts at ``start``: the same start,
-    moved back where the video ends too soon (-1 when the video is too short for any)."""
-    span = skip * (clip_len - 1)
-    return min(start, n_frames - 1 - span) if n_frames > span else -1

@@ -10,7 +10,7 @@ import torch
 
 import losses
 import pseudo
-from dataset import VideoSet
+from dataset import VideoSet, strided_window_start
 from engine import Trainer
 from errors import UserError
 
@@ -63,10 +63,10 @@ def test_g_best_pseudo_follows_the_named_statistic(small_cfg, monkeypatch, stati
     assert trainer.best_pseudo_step == {"skip": 2, "skip_gap": 4}[statistic]
 
 
-def test_skip_window_start_stays_inside_the_video():
-    assert pseudo.skip_window_start(0, 20, 5) == 0
-    assert pseudo.skip_window_start(10, 20, 5) == 7  # 7 + 3 * 4 = 19, the last frame
-    assert pseudo.skip_window_start(0, 12, 5) == -1  # 13 frames needed
+def test_strided_window_stays_inside_the_video():
+    assert strided_window_start(0, 20, 5, 3) == 0
+    assert strided_window_start(10, 20, 5, 3) == 7  # 7 + 3 * 4 = 19, the last frame
+    assert strided_window_start(0, 12, 5, 3) == -1  # 13 frames needed
 
 
 def test_pseudo_anomaly_training_clips_are_strided_training_frames_and_the_loss_targets_the_last_input(
@@ -80,7 +80,7 @@ def test_pseudo_anomaly_training_clips_are_strided_training_frames_and_the_loss_
     for k, clip_id in enumerate(ids[:2]):
         v, start = clips.index[clip_id]
         video = clips.videos.frames[v]  # a training video: held-out and test videos are not in train_clips
-        first = pseudo.skip_window_start(int(start), len(video), cfg.clip_len)
+        first = strided_window_start(int(start), len(video), cfg.clip_len, pseudo.SKIP)
         expected = torch.from_numpy(np.array(video[first:first + 13:3])).movedim(-1, -3).float() / 127.5 - 1
         assert torch.equal(made[k], expected)
     assert not set(trainer.holdout.names) & set(clips.videos.names)
