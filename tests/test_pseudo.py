@@ -101,3 +101,30 @@ def test_pseudo_anomaly_refused_where_it_cannot_train(small_cfg):
     short = small_cfg.replace(pseudo_anomaly="skip", clip_len=60)
     with pytest.raises(UserError, match=r"needs 178 frames per training video"):
         Trainer(short, progress=False)
+
+
+def test_selection_table_picks_each_rule_from_the_curves(tmp_path, capsys, monkeypatch):
+    """tools/selection_table.py: the first step with the best figure, the last validation, the oracle, and the
+    macro AUC / EER from summary.json where that rule's checkpoint was evaluated."""
+    import json
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    import selection_table
+
+    run = tmp_path / "run"
+    (run / "logs" / "ped2_bs4").mkdir(parents=True)
+    rows = {250: (30.0, 2.0, 1.0, 0.80), 500: (31.0, 3.0, 1.0, 0.90), 750: (31.0, 2.5, 0.99, 0.85)}
+    lines = [f"{step},{name},{value}" for step, values in rows.items()
+             for name, value in zip(("holdout_psnr", "pseudo_gap_db", "pseudo_auc", "test_auc"), values)]
+    (run / "logs" / "ped2_bs4" / "curves.csv").write_text("step,name,value\n" + "\n".join(lines) + "\n")
+    (run / "summary.json").write_text(json.dumps({"label_free": {"macro_auc": 0.95, "eer": 0.1},
+                                                  "best_on_test": {"macro_auc": 0.96, "eer": 0.09}}))
+    monkeypatch.setattr(sys, "argv", ["selection_table.py", f"--group=g={run}"])
+    assert selection_table.main() == 0
+    table = {line.split(" | ")[1]: line.split(" | ")[2:] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert table["held-out PSNR"][:4] == ["90.00%", "500", "95.00%", "10.00% |"]  # first of the tied 31 dB
+    assert table["pseudo AUC (skip)"][:2] == ["80.00%", "250"]  # saturated at 1.0: the first step
+    assert table["pseudo gap (skip_gap)"][:2] == ["90.00%", "500"]
+    assert table["last"][:2] == ["85.00%", "750"]
+    assert table["best on test (oracle)"][:4] == ["90.00%", "500", "96.00%", "9.00% |"]

@@ -9,11 +9,14 @@ micro AUC.  A rule picks the first validation step with the best value of its fi
 keeps ``g_best_val`` / ``g_best_pseudo`` / ``g_best_auc``; the table shows the test micro AUC at that step (mean +- sd
 over the group's runs, ddof 1) and the steps picked.  "best on test" is the oracle that uses test labels, there only
 as the ceiling; "last" is the final step.  The test AUC of a step is the one train.py computed at that validation
-(the same evaluation as eval.py; eval.py of the saved checkpoints gives the macro AUC and EER).
+(the same evaluation as eval.py).  Where the run folder has tools/ped2_cpu.py's ``summary.json``, the macro AUC and
+EER of eval.py on the checkpoint that rule saved (held-out PSNR: ``g_best_val``, best on test: ``g_best_auc``)
+are shown too.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -53,6 +56,17 @@ def pick(curves: dict[str, dict[int, float]], figure: str | None) -> int | None:
     return min(step for step, value in values.items() if value == best)
 
 
+SUMMARY_KEYS = {"held-out PSNR": "label_free", "best on test (oracle)": "best_on_test"}  # ped2_cpu.py's evals
+
+
+def evaluated(run: Path, rule: str) -> dict | None:
+    """eval.py's figures of the checkpoint ``rule`` saved in ``run``, from tools/ped2_cpu.py's summary.json."""
+    path = run / "summary.json"
+    if rule not in SUMMARY_KEYS or not path.is_file():
+        return None
+    return json.loads(path.read_text()).get(SUMMARY_KEYS[rule])
+
+
 def cell(values: list[float]) -> str:
     if not values:
         return "-"
@@ -67,8 +81,8 @@ def main() -> int:
     args = p.parse_args()
     if not args.group:
         raise UserError("pass at least one --group=label=run_folder,...")
-    print("| runs | rule | test micro AUC | steps picked |")
-    print("|---|---|---|---|")
+    print("| runs | rule | test micro AUC | steps picked | macro AUC (eval.py) | EER (eval.py) |")
+    print("|---|---|---|---|---|---|")
     for group in args.group:
         label, _, paths = group.rpartition("=")
         runs = [Path(x.strip()) for x in paths.split(",") if x.strip()]
@@ -78,7 +92,10 @@ def main() -> int:
             if any(step is None for step in steps):
                 continue  # a figure these runs did not log (no --val_holdout / --val_pseudo)
             aucs = [curves["test_auc"][step] for curves, step in zip(all_curves, steps)]
-            print(f"| {label} | {rule} | {cell(aucs)} | {', '.join(map(str, steps))} |")
+            evals = [evaluated(run, rule) for run in runs]
+            macro = cell([e["macro_auc"] for e in evals]) if all(evals) else "-"
+            eer = cell([e["eer"] for e in evals]) if all(evals) else "-"
+            print(f"| {label} | {rule} | {cell(aucs)} | {', '.join(map(str, steps))} | {macro} | {eer} |")
     return 0
 
 
