@@ -45,12 +45,13 @@ def read_curves(run: Path) -> dict[str, dict[int, float]]:
 
 
 def pick(curves: dict[str, dict[int, float]], figure: str | None) -> int | None:
-    """The first validation step with the best value of ``figure`` (the last validation for None)."""
+    """The first validation step with the best value of ``figure`` (the last validation for None); only steps
+    whose test AUC was logged count."""
     validated = curves.get("test_auc", {})
     if figure is None:
         return max(validated) if validated else None
-    values = curves.get(figure)
-    if not values:
+    values = {step: value for step, value in curves.get(figure, {}).items() if step in validated}
+    if not values:  # a figure the run did not log, or a run still under way
         return None
     best = max(values.values())
     return min(step for step, value in values.items() if value == best)
