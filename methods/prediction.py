@@ -55,7 +55,7 @@ class PredictionMethod(Method):
             with ctx.autocast():
                 prediction = ctx.run_generator(inputs).float()
         else:  # one forward pass for the normal and the pseudo-anomalous clips (DDP: one forward per backward)
-            pseudo_inputs, _ = ctx.layout(*self.split(pseudo))
+            pseudo_inputs = ctx.layout(self.split(pseudo)[0])[0]  # its own target is never used
             with ctx.autocast():
                 both = ctx.run_generator(torch.cat([inputs, pseudo_inputs])).float()
             prediction, pseudo_prediction = both[:len(inputs)], both[len(inputs):]
