@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import score_table  # noqa: E402  (tools/, beside this file: its mean ± sd cell)
+from engine import CurveLog  # noqa: E402
 from errors import UserError, run_cli  # noqa: E402
 
 RULES = {  # rule -> the curve it maximises (None: the last validation)
@@ -33,13 +34,13 @@ RULES = {  # rule -> the curve it maximises (None: the last validation)
 
 
 def read_curves(run: Path) -> dict[str, dict[int, float]]:
-    """name -> {step: value} of the run's curves.csv (the one file under ``run``)."""
+    """name -> {step: value} of the run's curves.csv (the one file under ``run``; a row cut short is skipped)."""
     found = sorted(run.rglob("curves.csv"))
     if len(found) != 1:
         raise UserError(f"{run}: expected one curves.csv under it, found {len(found)}: pass a run folder")
     curves: dict[str, dict[int, float]] = {}
-    for line in found[0].read_text().splitlines()[1:]:
-        step, name, value = line.split(",")
+    for line in CurveLog.read_lines(found[0]):
+        step, name, value = line.rstrip("\n").split(",")
         curves.setdefault(name, {})[int(step)] = float(value)
     return curves
 
@@ -69,11 +70,7 @@ def evaluated(run: Path, rule: str) -> dict | None:
 
 
 def cell(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{100 * values[0]:.2f}%"
-    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}%"
+    return score_table.cell(values) if values else "-"
 
 
 def main() -> int:
