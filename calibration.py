@@ -118,11 +118,8 @@ class Calibration:
         return json.dumps(payload, indent=1) + "\n"
 
     def save(self, path: Path | str, checkpoint: Path | str, extra: Optional[dict] = None) -> None:
-        try:
-            atomic_write_text(path, self.to_json(checkpoint, extra))
-        except OSError as exc:
-            raise UserError(f"cannot write calibration {path} ({exc.strerror}): pass --calibration=<writable "
-                            f"path>") from None
+        atomic_write_text(path, self.to_json(checkpoint, extra), fix="pass --calibration=<writable path>",
+                          what="calibration")
 
     @classmethod
     def load(cls, path: Path | str) -> "Calibration":

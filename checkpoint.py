@@ -4,11 +4,22 @@ loader of their weights into networks (resume, --pretrained, eval.py, detect.py,
 Contents (training): step, generator, discriminator, both optimizers and schedulers, the resolved config, best
 AUC, RNG states of python/numpy/torch, the sampler position, library versions.  Evaluation needs only
 ``generator`` and ``config`` (and ``discriminator`` for a method that scores with it).
+
+Validated on load (:func:`load_checkpoint`), so every reader (train --resume/--pretrained, eval.py, detect.py, the
+page's list and upload) refuses a damaged file in the same one line, before any work: the structure (a dict with
+the kind tag, an integer format version), the type of every metadata field and of every config setting (checked
+like a --config file), and weights that are all finite (a run that diverged outside this trainer).
+
+Writing: torch's zip writer reports a failed write of the Python file it is given (a full disk) as a RuntimeError
+about ``inline_container``; :func:`save_checkpoint` keeps the OSError that caused it, so the caller sees the full
+disk (``ioutil.WriteFailed``), not torch's words.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, BinaryIO, Mapping, Optional
+
+import math
 
 import torch
 from torch import nn
@@ -33,14 +44,50 @@ def resolve_checkpoint(name: str, weights_dir: str | Path) -> Path:
     raise UserError(f"checkpoint '{name}' not found ({hint}); train first or pass a path")
 
 
+# Metadata fields and their types where present (older checkpoints lack some); floats may be -inf (no best yet).
+_INT_FIELDS = ("step", "best_step", "best_val_step", "best_pseudo_step")
+_FLOAT_FIELDS = ("best_auc", "best_val_psnr", "best_pseudo")
+_DICT_FIELDS = ("config", "generator", "discriminator", "generator_raw", "ema", "opt_g", "opt_d", "sched_g",
+                "sched_d", "scaler_g", "scaler_d", "rng", "sampler", "distributed")
+# The networks' weights, which must be finite: every reader of the checkpoint uses them.
+WEIGHT_FIELDS = ("generator", "discriminator", "generator_raw", "ema")
+
+
+class _WriteRecorder:
+    """A binary file that remembers the OSError of a failed write, which torch's zip writer replaces by its own
+    RuntimeError."""
+
+    def __init__(self, handle: BinaryIO):
+        self.handle, self.error = handle, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def save_checkpoint(path: Path | str, payload: dict[str, Any]) -> None:
+    """Write ``payload`` atomically under ``path``; a failed write is the OSError behind it (ioutil.WriteFailed
+    for a full disk, a read-only folder, a refused permission), never torch's RuntimeError."""
     payload = {"kind": KIND, "format_version": FORMAT_VERSION, **payload}
-    with atomic_path(path, suffix=".pth") as tmp:
-        with open(tmp, "wb") as handle:  # a Python file: a full disk is an OSError (torch's own writer raises
-            torch.save(payload, handle)  # a RuntimeError that says nothing of the disk)
+    with atomic_path(path, suffix=".pth", what="checkpoint") as tmp:
+        with open(tmp, "wb") as handle:
+            recorder = _WriteRecorder(handle)
+            try:
+                torch.save(payload, recorder)
+            except RuntimeError:
+                if recorder.error is not None:
+                    raise recorder.error from None
+                raise
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """The checkpoint at ``path``, validated (see the module's docstring); anything wrong is one UserError line."""
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -50,10 +97,59 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("kind") != KIND:
         raise UserError(f"{path} is not a checkpoint of this project (no '{KIND}' tag): pass one written by "
                         f"train.py")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise UserError(f"{path} has checkpoint format {payload['format_version']}, newer than this code "
-                        f"({FORMAT_VERSION}): update the project")
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise UserError(f"{path} is damaged: its format_version is {version!r}, not a whole number; use another "
+                        f"checkpoint or train again")
+    if version > FORMAT_VERSION:
+        raise UserError(f"{path} has checkpoint format {version}, newer than this code ({FORMAT_VERSION}): update "
+                        f"the project")
+    problem = metadata_problem(payload) or weights_problem(payload)
+    if problem:
+        raise UserError(f"{path} is damaged: {problem}; use another checkpoint or train again")
     return payload
+
+
+def metadata_problem(payload: Mapping[str, Any]) -> str:
+    """What is wrong with the checkpoint's metadata and config, in words, or '' (types only: values of the config
+    are checked against its settings when it is rebuilt, see :func:`checked_config`)."""
+    for key in _INT_FIELDS:
+        value = payload.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"its {key} is {value!r}, not a whole number"
+    for key in _FLOAT_FIELDS:
+        value = payload.get(key, 0.0)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                  or math.isnan(value)):
+            return f"its {key} is {value!r}, not a number"
+    for key in _DICT_FIELDS:
+        if key in payload and not isinstance(payload[key], Mapping):
+            return f"its {key} is a {type(payload[key]).__name__}, not a dictionary"
+    if "config" in payload:
+        try:
+            config_from_dict(payload["config"], where="its config")
+        except UserError as exc:
+            return str(exc)
+    return ""
+
+
+def weights_problem(payload: Mapping[str, Any]) -> str:
+    """'N <part> weights are not finite (first: name)' for the first network whose weights are NaN or infinite,
+    or a weight that is no tensor; '' when all are finite tensors."""
+    for part in WEIGHT_FIELDS:
+        weights = payload.get(part)
+        if not isinstance(weights, Mapping):
+            continue
+        bad = []
+        for name, value in weights.items():
+            if not isinstance(value, torch.Tensor):
+                return f"its {part} weight {name} is a {type(value).__name__}, not a tensor"
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad.append(str(name))
+        if bad:
+            return (f"{len(bad)} {part} weights are not finite (first: {bad[0]}): the run diverged before it was "
+                    f"saved")
+    return ""
 
 
 def weights_mismatch(network: nn.Module, weights: Mapping[str, Any]) -> list[str]:
@@ -110,7 +206,7 @@ def read_for_scoring(path: Path | str) -> tuple[dict[str, Any], Config]:
     state = load_checkpoint(path)
     if "generator" not in state or "config" not in state:
         raise UserError(f"{path} has no generator or config: pass a checkpoint written by train.py")
-    return state, config_from_dict(state["config"])
+    return state, config_from_dict(state["config"], where=f"{path}: its config")
 
 
 def load_networks(path: Path | str, state: dict[str, Any], cfg: Config,

@@ -7,19 +7,41 @@ from typing import Any, Sequence
 
 import config
 from config import Config, Flag, Parsed
-from methods import model_settings
+from errors import UserError
+from flownet import FLOWNETS
+from methods import method_of, model_settings
+from models import DISCRIMINATORS, GENERATORS
+from scores import SCORES
+
+
+def check_names(cfg: Config) -> Config:
+    """Every setting that names a registry entry, checked against its registry before any work starts (an unknown
+    --score was found at the first validation, after the training steps before it); one line each, listing the
+    valid names.  Also the rule joining two of them: a --score other than psnr needs a PSNR-scored method."""
+    GENERATORS.get(cfg.model)
+    DISCRIMINATORS.get(cfg.discriminator)
+    if cfg.flownet != "auto":
+        FLOWNETS.get(cfg.flownet)
+    SCORES.get(cfg.score)
+    if cfg.score != "psnr" and not method_of(cfg).scores_by_psnr:
+        raise UserError(f"--score={cfg.score} is a frame score of prediction methods (scores.py); --model="
+                        f"{cfg.model} has its own score: drop --score")
+    return cfg
 
 
 def resolve(given: dict[str, Any]) -> Config:
     """The config of the flags ``given`` ({field: value}): field defaults < dataset preset < method settings <
-    recipe (--preset) < the flags themselves."""
-    return config.resolve(given, model_settings)
+    recipe (--preset) < the flags themselves; its names checked against the registries."""
+    return check_names(config.resolve(given, model_settings))
 
 
 def parse_command_line(argv: Sequence[str] | None, prog: str, description: str,
                        extra: Sequence[Flag] = ()) -> Parsed:
-    """Config from presets + --config + flags, the fields the user set explicitly, and the ``extra`` flags."""
-    return config.parse_command_line(argv, prog, description, model_settings, extra)
+    """Config from presets + --config + flags, the fields the user set explicitly, and the ``extra`` flags; its
+    names checked against the registries."""
+    parsed = config.parse_command_line(argv, prog, description, model_settings, extra)
+    check_names(parsed.config)
+    return parsed
 
 
 def parse_args(argv: Sequence[str] | None, prog: str, description: str) -> tuple[Config, set[str]]:

@@ -468,19 +468,29 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(stored, dict):
         raise UserError(f"{where} is not a saved config: expected a JSON object of settings, as in a run's "
                         f"config.json")
-    known = {f.name: f for f in fields(Config)}
-    unknown = sorted(set(stored) - set(known))
+    unknown = sorted(set(stored) - {f.name for f in fields(Config)})
     if unknown:
         raise UserError(f"{where} has unknown settings: {', '.join(unknown)} (the valid ones are the flags of "
                         f"--help)")
+    return checked_settings(stored, where)
+
+
+def checked_settings(stored: dict[str, Any], where: str) -> dict[str, Any]:
+    """The known settings of ``stored`` (a saved config), each of its field's type and valid values; one UserError
+    line ``<where>: <name> is <value>, expected ...`` otherwise.  Unknown keys are left out (a checkpoint of an
+    older version may hold settings since removed)."""
+    known = {f.name: f for f in fields(Config)}
     values: dict[str, Any] = {}
     for name, value in stored.items():
+        if name not in known:
+            continue
         kind = field_type(known[name])
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             wanted = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
-            raise UserError(f"{where}: {name} is {json.dumps(value)}, expected {wanted}")
+            shown = json.dumps(value) if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
+            raise UserError(f"{where}: {name} is {shown[:80]}, expected {wanted}")
         try:
             _check_field(known[name], value)
         except UserError as exc:
@@ -567,10 +577,17 @@ def validate(cfg: Config) -> None:
         raise UserError(f"--stage={cfg.stage} is MAMA's second stage: it needs --model=f2lm (got --model={cfg.model})")
 
 
-def config_from_dict(stored: dict[str, Any]) -> Config:
-    """Rebuild a Config stored in a checkpoint; fields added since are filled with their defaults."""
-    known = {f.name for f in fields(Config)}
-    return Config(**{k: v for k, v in stored.items() if k in known})
+def config_from_dict(stored: Any, where: str = "the stored config") -> Config:
+    """Rebuild a Config stored in a checkpoint, every setting checked (:func:`checked_settings`; ``where`` heads
+    the message); fields added since are filled with their defaults."""
+    if not isinstance(stored, dict):
+        raise UserError(f"{where} is a {type(stored).__name__}, not a dictionary of settings")
+    cfg = Config(**checked_settings(stored, where))
+    try:
+        validate(cfg)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    return cfg
 
 
 def write_config(cfg: Config, folder: Path | str) -> Path:

@@ -74,6 +74,8 @@ BANNER_GREEN = (40, 150, 40)  # BGR
 BANNER_RED = (30, 30, 200)
 BANNER_GREY = (110, 110, 110)
 SPILL_MAX_BYTES = 4 * 2**30  # pass 1's predictions kept on disk for pass 2 up to this size (or half the free space)
+OUTPUT_FIX = "choose another with --output or --results_dir"
+MAX_FPS = 1000.0  # --fps above this is a typo (PyAV overflows on 1e300); high-speed cameras stay well below
 DEFAULT_HEAT_MAX = 0.02  # squared error on [0, 1] at which the heatmap saturates (about 14% intensity error)
 
 
@@ -118,13 +120,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_run_name(run: str) -> None:
+    """--run names one folder inside --results_dir: no path separator, no '..', nothing the file system refuses."""
+    if not run:
+        return
+    if run in (".", "..") or "/" in run or "\\" in run or "\x00" in run or Path(run).name != run:
+        raise UserError(f"--run={run!r} must be a single folder name inside --results_dir (no '/', '\\' or '..'); "
+                        f"to write elsewhere, pass --output=<folder>")
+    if len(run.encode()) > 200:
+        raise UserError(f"--run is {len(run.encode())} bytes long: give a name of at most 200")
+
+
 def check_options(args: argparse.Namespace) -> None:
     """Every numeric flag finite and in range: one UserError line naming the flag (config.check_setting)."""
+    check_run_name(args.run)
     if not 0 < args.fpr < 1:  # nan too
         raise UserError(f"--fpr={args.fpr} must be between 0 and 1 (a false-alarm rate such as 0.01)")
     for name, kind, valid in (("threshold", float, Range(0, 1, note="a min-max normalised score")),
                               ("gap", float, NON_NEGATIVE),
-                              ("fps", float, Range(0, note="0 = the video's")),
+                              ("fps", float, Range(0, MAX_FPS, note="0 = the video's")),
                               ("max_frames", int, Range(0, note="0 = all")),
                               ("sigma", float, NON_NEGATIVE),
                               ("heat_max", float, POSITIVE),
@@ -345,7 +359,7 @@ def prepare_output(args: argparse.Namespace, source, checkpoint: Path) -> Path:
         if source.kind == "camera" and not args.run:
             run += time.strftime("_%Y%m%d-%H%M%S")
         folder = Path(args.results_dir) / run
-    return ensure_writable_dir(folder, "to output folder", "choose another with --output or --results_dir")
+    return ensure_writable_dir(folder, "to output folder", OUTPUT_FIX)
 
 
 def get_calibration(args, cfg, generator, checkpoint: Path, device, amp_dtype, channels_last, sigma):
@@ -653,7 +667,7 @@ def write_outputs(args: argparse.Namespace, source, run: Run, track: Track, inte
               if intervals is not None else None)
     column = "psnr" if cfg.score == "psnr" else f"{cfg.score}_db"
     atomic_write_text(run.folder / "scores.csv", scores_csv(track.frames, track.times, track.psnrs, track.scores,
-                                                            track.flagged, labels, column))
+                                                            track.flagged, labels, column), fix=OUTPUT_FIX)
     summary = {
         "video": args.video, "source_kind": source.kind, "fps": source.fps, "frames": track.n_frames,
         "predicted_frames": int(len(track.frames)), "warm_up_frames": min(track.n_frames, cfg.n_inputs),
@@ -676,8 +690,8 @@ def write_outputs(args: argparse.Namespace, source, run: Run, track: Track, inte
                        eer=equal_error_rate(track.scores, labels) if has_both else None)
     atomic_write_text(run.folder / "events.json", json.dumps({"video": args.video, "norm": run.norm,
                                                               "threshold": threshold, "merge_gap_s": args.gap,
-                                                              "events": events}, indent=2) + "\n")
-    atomic_write_text(run.folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+                                                              "events": events}, indent=2) + "\n", fix=OUTPUT_FIX)
+    atomic_write_text(run.folder / "summary.json", json.dumps(summary, indent=2) + "\n", fix=OUTPUT_FIX)
     plot_scores(run.folder / "scores.png", track.times, track.scores, track.psnrs, threshold, psnr_threshold, events,
                 labels, f"{source.name}: {run.norm} scores ({run.checkpoint.stem})", 1.0 / source.fps,
                 value_name(cfg))

@@ -47,7 +47,7 @@ from dataset import ClipSampler, TestSet, TrainClips, VideoSet, strided_window_s
 from errors import STOP_SIGNALS, Interrupted, UserError
 from evaluation import evaluate, predict_psnr_sharded
 from flownet import build_flownet, store_weights_in
-from ioutil import atomic_write_text, ensure_writable_dir
+from ioutil import WriteFailed, atomic_write_text, ensure_writable_dir, write_fix, write_reason
 from methods import TrainingContext, method_for, method_of
 from models import build_discriminator, build_generator, is_trainable
 from pseudo import SKIP, STATISTICS, pseudo_figures
@@ -405,9 +405,10 @@ class Trainer:
         try:
             with signals_held(*STOP_SIGNALS):
                 save_checkpoint(path, self.state())
-        except OSError as exc:
-            raise UserError(f"cannot write checkpoint {path} ({exc.strerror or exc}): free some space or choose "
-                            f"another --weights_dir. {self._last_good()}") from None
+        except OSError as exc:  # WriteFailed (full disk, read-only, ...) or another OSError of the file system
+            reason = exc.reason if isinstance(exc, WriteFailed) else write_reason(path, exc)
+            raise UserError(f"cannot write checkpoint {path} ({reason}): "
+                            f"{write_fix(exc, 'choose another --weights_dir')}. {self._last_good()}") from None
         if kind == "latest":
             self.last_saved = (path, self.step)
         return path
@@ -667,8 +668,17 @@ def load_resume_state(cfg: Config, explicit: set[str]) -> tuple[Config, Optional
     for key in ("generator", "discriminator", "opt_g", "sampler", "rng"):
         if key not in state:
             raise UserError(f"checkpoint '{cfg.resume}' has no '{key}': it cannot resume training")
-    stored = config_from_dict(state["config"])
+    stored = config_from_dict(state["config"], where=f"--resume={cfg.resume}: its config")
+    if "pretrained" in explicit and cfg.pretrained != stored.pretrained:
+        started = f"--pretrained={stored.pretrained}" if stored.pretrained else "fresh weights"
+        raise UserError(f"--pretrained={cfg.pretrained} with --resume={cfg.resume}: a resumed run continues from its "
+                        f"own weights (it started from {started}); drop --pretrained, or start a new run from it "
+                        f"without --resume")
     merged = merge_resumed_config(stored, cfg, explicit | {"resume"})
+    if state["step"] >= merged.iters:
+        raise UserError(f"--resume={cfg.resume} has already trained {state['step']} steps, and --iters="
+                        f"{merged.iters}{'' if 'iters' in explicit else ' (its own)'} leaves nothing to do: pass "
+                        f"--iters=N with N > {state['step']} to train on")
     saved = state.get("distributed", {"world_size": 1, "global_batch": stored.batch_size})
     world = distributed.world_size()
     if "batch_size" not in explicit:

@@ -9,16 +9,99 @@ stopped cleanly too; a SIGHUP or SIGTERM ignored at start stays ignored (``nohup
 """
 from __future__ import annotations
 
+import errno
+import shutil
 import signal
 import sys
 import threading
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class UserError(Exception):
     """Bad input the user can fix: the message names the thing and what to do. Printed as one line, exit 2."""
+
+
+# The errors of a write that the user can fix (space, permissions, a mount, a folder removed meanwhile).
+WRITE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM",
+                                                          "ENOENT", "ENOTDIR") if hasattr(errno, name))
+
+
+class WriteFailed(UserError, OSError):
+    """A write that failed for a reason the user can fix; the message is the whole line (see the module's
+    docstring).  ``errno`` is the underlying error's."""
+
+    def __init__(self, message: str, err: Optional[int] = None, reason: str = ""):
+        OSError.__init__(self, message)
+        self.errno = err  # type: ignore[misc]
+        self.reason = reason or message  # the words in parentheses, for a caller that words its own line
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _existing(path: Path) -> Optional[Path]:
+    for place in (path, *path.parents):
+        if place.exists():
+            return place
+    return None
+
+
+def write_reason(path: Path | str, exc: BaseException) -> str:
+    """Why writing ``path`` failed, in words: the disk full (with its free space), a read-only file system, no
+    permission, the folder gone; else the error's own text."""
+    path = Path(path)
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        place = _existing(path.parent)
+        try:
+            free = f": {human_bytes(shutil.disk_usage(place).free)} free there" if place is not None else ""
+        except OSError:
+            free = ""
+        return ("the disk is full" if code == errno.ENOSPC else "the disk quota is exceeded") + free
+    if code == getattr(errno, "EFBIG", -1):
+        return "the file is larger than this file system allows"
+    if code == errno.EROFS:
+        return "the file system is read-only"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if code in (errno.ENOENT, errno.ENOTDIR) and not path.parent.is_dir():
+        return f"its folder {path.parent} no longer exists"
+    return getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200] or type(exc).__name__
+
+
+def write_fix(exc: BaseException, fix: str) -> str:
+    """What to do: the caller's ``fix`` (e.g. 'choose another --results_dir'), led by 'free some space' on a full
+    disk (and nothing about space on a read-only mount or a refused permission)."""
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), getattr(errno, "EFBIG", -1)):
+        return f"free some space or {fix}"
+    return fix
+
+
+def write_failed(path: Path | str, exc: BaseException, fix: str = "choose another folder",
+                 what: str = "") -> WriteFailed:
+    """The one-line error of a failed write of ``path`` (``what``: e.g. 'checkpoint')."""
+    if isinstance(exc, WriteFailed):
+        return exc
+    label = f"{what} {path}" if what else str(path)
+    reason = write_reason(path, exc)
+    return WriteFailed(f"cannot write {label} ({reason}): {write_fix(exc, fix)}", getattr(exc, "errno", None), reason)
+
+
+def is_write_error(exc: BaseException) -> bool:
+    """An OSError of a write that the user can fix (space, permissions, mount, folder gone)."""
+    return isinstance(exc, OSError) and getattr(exc, "errno", None) in WRITE_ERRNOS
 
 
 class Interrupted(KeyboardInterrupt):
@@ -45,12 +128,20 @@ def install_stop_signals() -> None:
 
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run a command-line entry point: UserError -> one line on stderr and exit 2; a stop signal -> one line and
-    exit 128 + its number (130 for Ctrl-C, 143 for SIGTERM)."""
+    exit 128 + its number (130 for Ctrl-C, 143 for SIGTERM).  A write that failed for a reason the user can fix
+    (full disk, read-only, permission) and that no caller turned into a UserError is one line too, naming the file
+    when the library said which (a last net: the writers of the project convert their own)."""
     install_stop_signals()
     try:
         code = main()
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None
+    except OSError as exc:
+        if not is_write_error(exc) or exc.errno in (errno.ENOENT, errno.ENOTDIR):  # a missing file is a bug here
+            raise
+        where = exc.filename or "a file"
+        sys.stderr.write(f"error: {write_failed(where, exc, 'choose another output folder')}\n")
         raise SystemExit(2) from None
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT

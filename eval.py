@@ -204,9 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         causal, causal_rows = causal_rates(checkpoint_name, weights_dir, result, extra.get("fpr", 0.01), cfg.score)
     folder = Path(cfg.results_dir) / run
-    write_results(folder, result, test_set, cfg, {**info, **causal}, cfg.plots)
+    # printed first: a results folder that fills up while it is written still leaves the metrics on the screen
     print(summary_table(result, f"{cfg.dataset}: {described}; labels from {test_set.label_source}", pixel,
-                        "" if pixel else mask_where, causal_rows))
+                        "" if pixel else mask_where, causal_rows), flush=True)
+    write_results(folder, result, test_set, cfg, {**info, **causal}, cfg.plots, fix=RESULTS_FIX)
     print(f"wrote {folder}/")
     return 0
 

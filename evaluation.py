@@ -23,7 +23,7 @@ import distributed
 from config import Config
 from errors import UserError
 from dataset import TestSet, VideoSet, iter_test_batches, n_predicted_frames, to_model_range
-from ioutil import atomic_path, atomic_write_text
+from ioutil import atomic_path, atomic_write_text, ensure_writable_dir
 from methods import method_for
 from metrics import FrameMetrics, anomaly_scores, metrics_of_scores, normalise_scores
 from runtime import autocast, eval_batch_size
@@ -232,13 +232,13 @@ def pyplot():
     return plt
 
 
-def save_figure(figure, path: Path) -> None:
+def save_figure(figure, path: Path, fix: str = "choose another folder") -> None:
     plt = pyplot()
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
-    with atomic_path(path, suffix=".png") as tmp:
+    with atomic_path(path, suffix=".png", fix=fix) as tmp:
         tmp.write_bytes(buffer.getvalue())
 
 
@@ -267,12 +267,13 @@ def _plot_video(name: str, scores: np.ndarray, labels: np.ndarray, first_frame: 
 
 
 def write_results(folder: Path, result: EvalResult, test_set: TestSet, cfg: Config, extra: dict,
-                  plots: bool = True) -> None:
-    """metrics.json, scores.csv (one row per predicted frame), scores.npz, config.json, roc.png, video_<name>.png."""
-    folder.mkdir(parents=True, exist_ok=True)
+                  plots: bool = True, fix: str = "choose another folder") -> None:
+    """metrics.json, scores.csv (one row per predicted frame), scores.npz, config.json, roc.png, video_<name>.png.
+    A failed write is one ioutil.WriteFailed line ending with ``fix``."""
+    ensure_writable_dir(folder, "results folder", fix)
     metrics = {**result.as_dict(test_set.videos.names), **extra, "label_source": str(test_set.label_source)}
-    atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    atomic_write_text(folder / "config.json", cfg.to_json() + "\n")
+    atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n", fix=fix)
+    atomic_write_text(folder / "config.json", cfg.to_json() + "\n", fix=fix)
     rows = io.StringIO()
     writer = csv.writer(rows)
     extra_names = sorted(result.extras)
@@ -282,8 +283,8 @@ def write_results(folder: Path, result: EvalResult, test_set: TestSet, cfg: Conf
         for k, (p, s, y) in enumerate(zip(values, scores, labels)):
             extra = [f"{result.extras[e][v][k]:.6g}" for e in extra_names]
             writer.writerow([name, k + cfg.clip_len - 1, f"{p:.4f}", *extra, f"{s:.6f}", int(y)])
-    atomic_write_text(folder / "scores.csv", rows.getvalue())
-    with atomic_path(folder / "scores.npz", suffix=".npz") as tmp:
+    atomic_write_text(folder / "scores.csv", rows.getvalue(), fix=fix)
+    with atomic_path(folder / "scores.npz", suffix=".npz", fix=fix) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, psnr=np.concatenate(result.psnr), score=np.concatenate(result.scores),
                      **{name: np.concatenate(per_video) for name, per_video in result.extras.items()},

@@ -9,6 +9,12 @@ beside the target.  The next write of that same target removes them (:func:`remo
 
 Writable folders: :func:`ensure_writable_dir` creates a folder and proves it writable before any long computation,
 so a bad output folder is one :class:`errors.UserError` line at start, not a traceback at the end.
+
+Failed writes: a full disk, a read-only mount, a permission refused or a folder that vanished while a file was
+written (whichever library raised it: Python, numpy, PyAV, torch through a Python file) leaves the target as it was
+and raises :class:`WriteFailed`, one line naming the file, the reason in words (with the free space on a full disk)
+and what to do.  It is both a ``UserError`` (a command line prints it as one line) and an ``OSError`` (code that
+already handles a failed write, e.g. to name the last good checkpoint, still catches it).
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from errors import UserError
+from errors import WriteFailed, is_write_error, write_failed, write_fix, write_reason  # noqa: F401 (re-exported)
 
 try:
     import fcntl  # POSIX: a writer holds a lock on its temporary file, so no cleanup takes it while it is written
@@ -29,18 +35,23 @@ except ImportError:  # Windows: a file open in another process cannot be removed
     fcntl = None
 
 FILE_MODE = 0o666  # what open(path, "w") asks for; the kernel takes the umask off
-STALE_AFTER_S = 60.0  # a temporary file untouched this long, and not locked by its writer, is left from a crash
+# A temporary file not locked by a live writer and untouched this long is left from a crash.  With locks the age
+# only covers the instant between a writer creating its file and locking it; without them (Windows) it is all there
+# is, and must outlast a writer that pauses (a camera stream).
+STALE_AFTER_S = 5.0 if fcntl is not None else 60.0
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # tempfile's alphabet: earlier versions' names match too
 _NAME_LENGTH = 8
 
 
 def _temporary_pattern(path: Path, suffix: str) -> re.Pattern:
     """The names of this target's temporary files: ``.<name>.<random>.tmp``, ``.<name>.<random><suffix>.tmp`` and
-    ``.<name>.<random>.tmp<ext>`` (keep_extension).  Another target's never match: the random part is exactly 8
-    characters of tempfile's alphabet, with no dot, and one of these endings follows it at once."""
+    ``.<name>.<random>.tmp<ext>`` (keep_extension), and the temporary file of such a temporary file (a writer that
+    finishes its file in a second atomic step, as video_out adds the audio).  Another target's never match: the
+    random part is exactly 8 characters of tempfile's alphabet, with no dot, and one of these endings follows it."""
     random_part = f"[{re.escape(_NAME_CHARS)}]{{{_NAME_LENGTH}}}"
-    endings = {re.escape(".tmp"), re.escape(suffix + ".tmp"), re.escape(".tmp" + path.suffix)}
-    return re.compile(rf"\.{re.escape(path.name)}\.{random_part}(?:{'|'.join(sorted(endings))})")
+    endings = "|".join(sorted({re.escape(".tmp"), re.escape(suffix + ".tmp"), re.escape(".tmp" + path.suffix)}))
+    own = rf"{re.escape(path.name)}\.{random_part}(?:{endings})"
+    return re.compile(rf"\.(?:\.{own}\.{random_part}(?:{endings})|{own})")
 
 
 def _locked_by_another(candidate: Path) -> bool:
@@ -105,18 +116,26 @@ def _create_temporary(path: Path, ending: str) -> tuple[Path, int]:
 
 
 @contextmanager
-def atomic_path(path: Path | str, suffix: str = "", keep_extension: bool = False) -> Iterator[Path]:
+def atomic_path(path: Path | str, suffix: str = "", keep_extension: bool = False,
+                fix: str = "choose another folder", what: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on failure removed.
 
     ``keep_extension``: the temporary name ends with ``path``'s own extension (``.a.mp4.k2j1.tmp.mp4``), for
     writers that pick the format from the file name (OpenCV's VideoWriter).  The file gets 0666 minus the umask;
-    stale temporary files of the same target, left by a killed writer, are removed first.
+    stale temporary files of the same target, left by a killed writer, are removed first.  A write that fails for
+    a reason the user can fix (full disk, read-only, permission, folder gone), in the body or the rename, is
+    :class:`WriteFailed` naming ``path`` (``what`` and ``fix`` complete its message).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path, suffix)
-    ending = ".tmp" + path.suffix if keep_extension else suffix + ".tmp"
-    tmp_path, fd = _create_temporary(path, ending)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path, suffix)
+        ending = ".tmp" + path.suffix if keep_extension else suffix + ".tmp"
+        tmp_path, fd = _create_temporary(path, ending)
+    except OSError as exc:
+        if is_write_error(exc):
+            raise write_failed(path, exc, fix, what) from None
+        raise
     lock: Optional[int] = None
     if fcntl is not None:  # held until the rename: a concurrent cleanup leaves this file alone however long it takes
         try:
@@ -129,21 +148,26 @@ def atomic_path(path: Path | str, suffix: str = "", keep_extension: bool = False
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
+    except BaseException as exc:
+        try:
+            tmp_path.unlink(missing_ok=True)
+        except OSError:  # the folder itself went away, or became read-only: nothing left to remove
+            pass
+        if is_write_error(exc) and not isinstance(exc, WriteFailed):
+            raise write_failed(path, exc, fix, what) from None
         raise
     finally:
         if lock is not None:
             os.close(lock)
 
 
-def atomic_write_text(path: Path | str, text: str) -> None:
-    with atomic_path(path) as tmp:
+def atomic_write_text(path: Path | str, text: str, fix: str = "choose another folder", what: str = "") -> None:
+    with atomic_path(path, fix=fix, what=what) as tmp:
         tmp.write_text(text)
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: Path | str, data: bytes, fix: str = "choose another folder", what: str = "") -> None:
+    with atomic_path(path, fix=fix, what=what) as tmp:
         tmp.write_bytes(data)
 
 
@@ -156,7 +180,8 @@ def ensure_writable_dir(folder: Path | str, what: str, fix: str) -> Path:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise UserError(f"cannot write {what} {folder} ({_why_not_writable(folder, exc)}): {fix}") from None
+        raise WriteFailed(f"cannot write {what} {folder} ({_why_not_writable(folder, exc)}): {write_fix(exc, fix)}",
+                          exc.errno) from None
     return folder
 
 
@@ -167,4 +192,4 @@ def _why_not_writable(folder: Path, exc: OSError) -> str:
             if not place.is_dir():
                 return f"{place} is a file, not a folder" if place != folder else "it is a file, not a folder"
             break
-    return exc.strerror or str(exc)
+    return write_reason(folder / "x", exc)

@@ -84,7 +84,7 @@ def test_label_writers_get_the_usual_permissions_from_atomic_path_alone(tmp_path
 # --- stale temporary files ---------------------------------------------------------------------------------------
 
 AN_HOUR = 3600.0  # a crashed writer's file: older than ioutil.STALE_AFTER_S
-A_MOMENT = 5.0  # a live writer's file: younger
+A_MOMENT = 1.0  # a live writer's file: younger
 
 
 def test_the_age_of_a_stale_file_lies_between_a_live_and_a_crashed_writers():

@@ -66,7 +66,7 @@ def test_a_failed_checkpoint_write_names_the_path_and_keeps_the_last_good_one(sm
         real_save(path, payload)
 
     monkeypatch.setattr("engine.save_checkpoint", disk_full_on_the_second)
-    with pytest.raises(UserError, match=r"cannot write checkpoint .*latest_toy.pth \(No space left on device\).*"
+    with pytest.raises(UserError, match=r"cannot write checkpoint .*latest_toy.pth \(the disk is full: .* free there\): free some space.*"
                                         r"last good checkpoint is .*latest_toy.pth \(step 2\)"):
         trainer.fit()
     assert load_checkpoint(trainer.checkpoint_path("latest"))["step"] == 2
@@ -140,7 +140,7 @@ def test_a_full_disk_during_a_checkpoint_write_is_an_oserror(monkeypatch, tmp_pa
     import contextlib
 
     @contextlib.contextmanager
-    def to_a_full_disk(path, suffix=""):
+    def to_a_full_disk(path, suffix="", **_):
         yield Path("/dev/full")
 
     if not Path("/dev/full").exists():
