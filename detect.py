@@ -59,7 +59,7 @@ from config import NON_NEGATIVE, POSITIVE, OneLineParser, Range, check_setting, 
 from dataset import frames_dir
 from errors import STOP_SIGNALS, UserError, run_cli
 from evaluation import pyplot, save_figure
-from ioutil import atomic_write_text, ensure_writable_dir
+from ioutil import atomic_write_text, ensure_writable_dir, human_bytes, write_reason
 from labels import labels_from_intervals, read_interval_file
 from localization import DEFAULT_SIGMA
 from methods import method_for
@@ -469,7 +469,7 @@ class PredictionSpill:
     predicts again, as before."""
 
     def __init__(self, folder: Path, size: int, budget_bytes: int):
-        self.size = size
+        self.size, self.folder = size, folder
         self.record_bytes = size * size * 3 + size * size * 2
         self.budget = budget_bytes
         self.file = tempfile.TemporaryFile(dir=folder)
@@ -489,7 +489,8 @@ class PredictionSpill:
             self.file.flush()
         except OSError as exc:
             self.close()
-            print(f"note: cannot keep pass 1's predictions on disk ({exc.strerror}): pass 2 predicts again")
+            print(f"note: cannot keep pass 1's predictions on disk ({write_reason(self.folder / 'spill', exc)}): "
+                  f"pass 2 predicts again")
             return False
         return True
 
@@ -498,14 +499,17 @@ class PredictionSpill:
             return
         if (self.count + 1) * self.record_bytes > self.budget:
             self.close()
-            print(f"note: more than {self.budget / 2**30:.1f} GiB of predictions: pass 2 predicts again")
+            print(f"note: pass 1's predictions would take more than {human_bytes(self.budget)} (at most "
+                  f"{human_bytes(SPILL_MAX_BYTES)}, or half the free space of the output folder): pass 2 predicts "
+                  f"again")
             return
         try:
             self.file.write(p.predicted.tobytes())
             self.file.write(p.amap.astype(np.float16).tobytes())
         except OSError as exc:  # a full disk: the predictions are computed again instead
             self.close()
-            print(f"note: cannot keep pass 1's predictions on disk ({exc.strerror}): pass 2 predicts again")
+            print(f"note: cannot keep pass 1's predictions on disk ({write_reason(self.folder / 'spill', exc)}): "
+                  f"pass 2 predicts again")
             return
         self.count += 1
 
@@ -579,7 +583,7 @@ def _detect_stream(args, source, run: Run, layout: Layout, live: bool, total: Op
     n_frames = 0
     try:
         with atomic_video(run.folder / "annotated.mp4", source.fps, layout.size,
-                          audio_from=source.spec if source.kind == "file" else None) as writer:
+                          audio_from=source.spec if source.kind == "file" else None, fix=OUTPUT_FIX) as writer:
             desc = "detecting" + (" (pass 2 of 2)" if score_of is not None else "")
             for p in _progress(predictions, total, desc, args.progress):
                 n_frames += 1

@@ -50,22 +50,14 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def _existing(path: Path) -> Optional[Path]:
-    for place in (path, *path.parents):
-        if place.exists():
-            return place
-    return None
-
-
 def write_reason(path: Path | str, exc: BaseException) -> str:
     """Why writing ``path`` failed, in words: the disk full (with its free space), a read-only file system, no
     permission, the folder gone; else the error's own text."""
     path = Path(path)
     code = getattr(exc, "errno", None)
     if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        place = _existing(path.parent)
-        try:
-            free = f": {human_bytes(shutil.disk_usage(place).free)} free there" if place is not None else ""
+        try:  # the free space of the file's own folder (of another folder it would be misleading)
+            free = f": {human_bytes(shutil.disk_usage(path.parent).free)} free there" if path.parent.is_dir() else ""
         except OSError:
             free = ""
         return ("the disk is full" if code == errno.ENOSPC else "the disk quota is exceeded") + free

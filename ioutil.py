@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from errors import WriteFailed, is_write_error, write_failed, write_fix, write_reason  # noqa: F401 (re-exported)
+from errors import WriteFailed, human_bytes, is_write_error, write_failed, write_fix, write_reason  # noqa: F401 (re-exported)
 
 try:
     import fcntl  # POSIX: a writer holds a lock on its temporary file, so no cleanup takes it while it is written
@@ -149,16 +149,24 @@ def atomic_path(path: Path | str, suffix: str = "", keep_extension: bool = False
         yield tmp_path
         os.replace(tmp_path, path)
     except BaseException as exc:
-        try:
-            tmp_path.unlink(missing_ok=True)
-        except OSError:  # the folder itself went away, or became read-only: nothing left to remove
-            pass
-        if is_write_error(exc) and not isinstance(exc, WriteFailed):
+        _discard(tmp_path, lock)
+        lock = None
+        if is_write_error(exc) and not isinstance(exc, WriteFailed):  # worded once the space is released
             raise write_failed(path, exc, fix, what) from None
         raise
     finally:
         if lock is not None:
             os.close(lock)
+
+
+def _discard(tmp_path: Path, lock: Optional[int]) -> None:
+    """Remove a failed write's temporary file and close its lock, so that its space is free again."""
+    try:
+        tmp_path.unlink(missing_ok=True)
+    except OSError:  # the folder itself went away, or became read-only: nothing left to remove
+        pass
+    if lock is not None:
+        os.close(lock)
 
 
 def atomic_write_text(path: Path | str, text: str, fix: str = "choose another folder", what: str = "") -> None:

@@ -123,11 +123,12 @@ def add_audio(video: Path, source: str, out: Path) -> None:
 
 @contextmanager
 def atomic_video(path: Path, fps: float, size: tuple[int, int], audio_from: Optional[str] = None,
-                 say: Callable[[str], None] = print) -> Iterator[VideoWriter]:
+                 say: Callable[[str], None] = print, fix: str = "choose another folder") -> Iterator[VideoWriter]:
     """Write frames to a temporary file beside ``path``; when the block ends normally, add ``audio_from``'s audio
-    (a video file) and rename the result to ``path``.  On an error nothing is left under ``path``."""
+    (a video file) and rename the result to ``path``.  On an error nothing is left under ``path``; a full disk or
+    a read-only folder is one ioutil.WriteFailed line ending with ``fix``."""
     path = Path(path)
-    with atomic_path(path, keep_extension=True) as tmp:
+    with atomic_path(path, keep_extension=True, fix=fix) as tmp:
         writer = VideoWriter(tmp, path, fps, size, say)
         complete = False
         try:
