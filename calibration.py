@@ -61,6 +61,29 @@ def file_sha256(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+REDO = "make it again with detect.py --calibrate (it replaces the file)"
+
+
+def _payload_problem(payload: dict, values) -> str:
+    """What is wrong with a calibration file's fields, in words, or ''."""
+    def is_number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not isinstance(values, list) or not all(is_number(v) for v in values):
+        return "its PSNR values are not a list of finite numbers"
+    for key, kind in (("n_frames", int), ("img_size", int), ("source", str), ("checkpoint_sha256", str),
+                      ("optimistic", bool)):
+        value = payload.get(key)
+        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 1)):
+            return f"its {key} is {json.dumps(value)[:40]}"
+    for key, kind in (("note", str), ("score", str)):
+        if not isinstance(payload.get(key, ""), kind):
+            return f"its {key} is {json.dumps(payload[key])[:40]}"
+    if not isinstance(payload.get("videos", []), list):
+        return "its videos are not a list"
+    return ""
+
+
 @dataclass
 class Calibration:
     values: np.ndarray  # ascending PSNRs of normal frames (or evenly spaced quantiles of them)
@@ -123,19 +146,29 @@ class Calibration:
 
     @classmethod
     def load(cls, path: Path | str) -> "Calibration":
+        """The calibration at ``path``, every field checked; anything wrong is one UserError line saying how to make
+        it again (``--calibrate`` writes a new one over it)."""
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"calibration {path} is a folder: pass --calibration=<a calibration file> (detect.py "
+                            f"writes one with --calibrate)")
         try:
-            payload = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read calibration {path} ({exc}): delete it and run with --calibrate") from None
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UserError(f"cannot read calibration {path} ({exc.strerror or exc}): {REDO}") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read calibration {path} (not JSON: {str(exc)[:80]}): {REDO}") from None
         if not isinstance(payload, dict) or payload.get("kind") != KIND:
-            raise UserError(f"{path} is not a calibration file of this project: delete it and run with --calibrate")
+            raise UserError(f"{path} is not a calibration file of this project: {REDO}")
         values = payload.get("psnr_sorted", payload.get("psnr_quantiles"))
         if not values:
-            raise UserError(f"calibration {path} holds no PSNR values: delete it and run with --calibrate")
-        return cls(np.asarray(values), int(payload["n_frames"]), payload["source"], bool(payload["optimistic"]),
-                   payload["checkpoint_sha256"], int(payload["img_size"]), list(payload.get("videos", [])),
-                   payload.get("note", ""), str(payload.get("score", "psnr")))
+            raise UserError(f"calibration {path} holds no PSNR values: {REDO}")
+        problem = _payload_problem(payload, values)
+        if problem:
+            raise UserError(f"calibration {path} is damaged ({problem}): {REDO}")
+        return cls(np.asarray(values, dtype=np.float64), payload["n_frames"], payload["source"],
+                   payload["optimistic"], payload["checkpoint_sha256"], payload["img_size"],
+                   list(payload.get("videos", [])), payload.get("note", ""), str(payload.get("score", "psnr")))
 
 
 # --- computing a calibration ----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from torch import nn
 from errors import UserError
 from config import Config, config_from_dict
 from ioutil import atomic_path
-from models import build_discriminator, build_generator
+from models import DISCRIMINATORS, GENERATORS, build_discriminator, build_generator
 
 KIND = "vad-gan-checkpoint"
 FORMAT_VERSION = 1
@@ -127,9 +127,13 @@ def metadata_problem(payload: Mapping[str, Any]) -> str:
             return f"its {key} is a {type(payload[key]).__name__}, not a dictionary"
     if "config" in payload:
         try:
-            config_from_dict(payload["config"], where="its config")
+            cfg = config_from_dict(payload["config"], where="its config")
         except UserError as exc:
             return str(exc)
+        for registry, name in ((GENERATORS, cfg.model), (DISCRIMINATORS, cfg.discriminator)):
+            if name not in registry:  # a checkpoint of another version, or edited: say so, not "unknown --model"
+                return (f"its config names {registry.kind}={name}, which this code does not have (it has "
+                        f"{', '.join(registry.names())})")
     return ""
 
 

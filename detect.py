@@ -133,6 +133,8 @@ def check_run_name(run: str) -> None:
 
 def check_options(args: argparse.Namespace) -> None:
     """Every numeric flag finite and in range: one UserError line naming the flag (config.check_setting)."""
+    if not args.video.strip():
+        raise UserError("--video is empty: give a video file, a folder of frames or a camera index (0)")
     check_run_name(args.run)
     if not 0 < args.fpr < 1:  # nan too
         raise UserError(f"--fpr={args.fpr} must be between 0 and 1 (a false-alarm rate such as 0.01)")

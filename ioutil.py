@@ -18,6 +18,7 @@ already handles a failed write, e.g. to name the last good checkpoint, still cat
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -200,4 +201,6 @@ def _why_not_writable(folder: Path, exc: OSError) -> str:
             if not place.is_dir():
                 return f"{place} is a file, not a folder" if place != folder else "it is a file, not a folder"
             break
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # mkdir itself failed: nothing vanished, it cannot be made there
+        return "it cannot be created there"
     return write_reason(folder / "x", exc)

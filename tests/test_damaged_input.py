@@ -69,6 +69,8 @@ DAMAGES = {
     "img_size-abc": (_config("img_size", "abc"), r'img_size is "abc", expected an integer'),
     "base_channels-2.5": (_config("base_channels", 2.5), r"base_channels is 2.5, expected an integer"),
     "img_size-out-of-range": (_config("img_size", -32), r"--img_size=-32 is not valid"),
+    "model-unknown": (_config("model", "ffp9"), r"its config names --model=ffp9, which this code does not have "
+                                                r"\(it has .*ffp.*\)"),
     "step-a-string": (_set("step", "ten"), r"its step is 'ten', not a whole number"),
     "best_val_psnr-nan": (_set("best_val_psnr", math.nan), r"its best_val_psnr is nan, not a number"),
     "generator-a-list": (_set("generator", [1, 2]), r"its generator is a list, not a dictionary"),
@@ -186,3 +188,69 @@ def test_a_killed_writers_temporary_video_goes_at_the_next_write(tmp_path):
     with atomic_path(target, keep_extension=True) as tmp:
         tmp.write_bytes(b"a whole video")
     assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, target.name]
+
+
+# --- the adversarial pass beyond the issue's list ---------------------------------------------------------------
+
+def _calibration_file(tmp_path: Path, **changes) -> Path:
+    import json
+
+    payload = {"kind": "vad-gan-causal-calibration", "psnr_sorted": [30.0, 31.0, 32.0], "n_frames": 3,
+               "source": "normal", "optimistic": False, "checkpoint_sha256": "0" * 64, "img_size": 32, **changes}
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(payload))
+    return path
+
+
+@pytest.mark.parametrize("changes, words", [
+    (dict(n_frames="many"), r"its n_frames is \"many\""),
+    (dict(psnr_sorted=[30.0, "x"]), r"its PSNR values are not a list of finite numbers"),
+    (dict(psnr_sorted="30,31"), r"its PSNR values are not a list of finite numbers"),
+    (dict(img_size=True), r"its img_size is true"),
+    (dict(optimistic="no"), r"its optimistic is \"no\""),
+    (dict(videos="v1"), r"its videos are not a list"),
+], ids=["n_frames-text", "value-text", "values-a-string", "img_size-bool", "optimistic-text", "videos-a-string"])
+def test_a_calibration_with_fields_of_the_wrong_type_is_one_line(tmp_path, changes, words):
+    from calibration import KIND, Calibration
+
+    path = _calibration_file(tmp_path, kind=KIND, **changes)
+    with pytest.raises(UserError, match=words + r".*make it again with detect.py --calibrate"):
+        Calibration.load(path)
+
+
+def test_a_calibration_that_is_a_folder_is_not_to_be_deleted(tmp_path):
+    from calibration import Calibration
+
+    with pytest.raises(UserError, match=r"is a folder: pass --calibration=<a calibration file>") as info:
+        Calibration.load(tmp_path)
+    assert "delete" not in str(info.value)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--video="], r"--video is empty: give a video file"),
+    (["--video=clip.mp4", "--gap=inf"], r"--gap=inf is not valid: a finite number >= 0"),
+    (["--video=clip.mp4", "--threshold=nan"], r"--threshold=nan is not valid"),
+    (["--video=clip.mp4", "--num_threads=-1"], r"--num_threads=-1 is not valid: an integer >= 0"),
+], ids=["empty-video", "gap-inf", "threshold-nan", "threads-negative"])
+def test_more_detect_flags_before_any_work(tmp_path, flags, words):
+    with pytest.raises(UserError, match=words):
+        detect.main([*flags, "--trained_model=x", f"--results_dir={tmp_path}"])
+
+
+def test_a_weights_folder_that_cannot_be_made_is_not_said_to_have_vanished(small_cfg):
+    trainer = Trainer(small_cfg.replace(weights_dir="/proc/ffp-test/weights"), progress=False)
+    with pytest.raises(UserError, match=r"cannot write to weights folder /proc/ffp-test/weights \(it cannot be "
+                                        r"created there\): choose another --weights_dir") as info:
+        trainer.fit()
+    assert "no longer" not in str(info.value)
+
+
+@pytest.mark.parametrize("version, words", [
+    (True, r"its format_version is True, not a whole number"),
+    (-1, r"its format_version is -1, not a whole number"),
+    (99, r"has checkpoint format 99, newer than this code \(1\): update the project"),
+])
+def test_format_versions_that_were_accepted_or_misread(trained, tmp_path, version, words):
+    path = damaged(trained, tmp_path, _set("format_version", version))
+    with pytest.raises(UserError, match=words):
+        load_checkpoint(path)
