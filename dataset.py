@@ -16,6 +16,7 @@ checks the lengths against the frame counts and names the video that disagrees.
 from __future__ import annotations
 
 import hashlib
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +29,14 @@ from tqdm import tqdm
 
 from config import Config
 from errors import UserError
-from frames import FRAME_EXTENSIONS, natural_key
-from ioutil import atomic_path
-from labels import find_label_source, load_labels
+from frames import FRAME_EXTENSIONS, PREPARED_MANIFEST, check_contiguous, frame_numbers, natural_key
+from ioutil import atomic_path, ensure_writable_dir
+from labels import find_label_source, load_labels, save_npy
 from toydata import ensure_toy_dataset
 from video_io import frame_files, frame_size_error, read_image
 
 SPLITS = ("training", "testing")
+CACHE_FIX = "choose a writable --cache_dir (the decoded frames are kept there)"
 
 
 # --- layout ---------------------------------------------------------------------------------------------------
@@ -49,11 +51,16 @@ def frames_dir(cfg: Config, split: str) -> Path:
     return Path(cfg.data_root) / cfg.dataset / split / "frames"
 
 
+VIDEO_FILE_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv")
+
+
 def list_videos(root: Path) -> list[Video]:
     """Video folders under ``root`` in name order, each with its frames in order. Bad layouts are UserErrors.
 
     A video folder that is a symbolic link back to ``root`` or a folder above it (a link loop) is an error naming
-    the link; a frame name that is a broken link or a link loop is an error naming it (video_io.frame_files).
+    the link; a frame name that is a broken link or a link loop is an error naming it (video_io.frame_files).  The
+    frame names are checked against the prepared layout's numbering (:func:`check_frame_numbering`), so a missing or
+    doubled frame is refused instead of shifting every label after it.
     """
     if not root.is_dir():
         raise UserError(f"no frames folder at {root}: expected <data_root>/<dataset>/<split>/frames/<video>/"
@@ -61,19 +68,66 @@ def list_videos(root: Path) -> list[Video]:
                         f"'Preparing a dataset')")
     videos = []
     real_root = root.resolve()
-    for folder in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                         key=natural_key):
-        if folder.is_symlink() and real_root.is_relative_to(folder.resolve()):
-            raise UserError(f"video folder {folder} is a symbolic link to {folder.resolve()}, which holds it (a link "
+    for entry in sorted((p for p in root.iterdir() if not p.name.startswith(".")), key=natural_key):
+        if not entry.is_dir():
+            _refuse_loose_file(entry)
+            continue
+        if entry.is_symlink() and real_root.is_relative_to(entry.resolve()):
+            raise UserError(f"video folder {entry} is a symbolic link to {entry.resolve()}, which holds it (a link "
                             f"loop): remove the link")
-        frames = tuple(frame_files(folder))
+        frames = tuple(frame_files(entry))
         if not frames:
-            raise UserError(f"video folder {folder} has no frames ({', '.join(FRAME_EXTENSIONS)}): "
+            raise UserError(f"video folder {entry} has no frames ({', '.join(FRAME_EXTENSIONS)}): "
                             f"remove it or re-extract the video")
-        videos.append(Video(folder.name, frames))
+        videos.append(Video(entry.name, frames))
     if not videos:
         raise UserError(f"{root} has no video folders: expected one folder of frames per video")
+    check_frame_numbering(root, videos)
     return videos
+
+
+def _refuse_loose_file(path: Path) -> None:
+    """A video file or an image directly in ``frames/``, or a video folder that is a broken link, would be silently
+    left out of the dataset: refuse it (other files, notes or checksums, are not frames and are ignored)."""
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"video folder {path} is a broken symbolic link (its target is missing, or the link points "
+                        f"back to itself): fix or remove the link")
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_FILE_EXTENSIONS:
+        raise UserError(f"{path} is a video file, but the frames folder holds one folder of frames per video: "
+                        f"prepare it with tools/prepare_data.py (docs/data.md 'Custom footage'), or move it away")
+    if suffix in FRAME_EXTENSIONS:
+        raise UserError(f"{path} is an image directly in the frames folder, outside any video folder: move it into "
+                        f"its video's folder, or away")
+
+
+def _manifest_frames(folder: Path) -> int | None:
+    """The frame count tools/prepare_data.py recorded for a video it wrote (None: no readable manifest)."""
+    try:
+        frames = json.loads((folder / PREPARED_MANIFEST).read_text()).get("frames")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return frames if isinstance(frames, int) else None
+
+
+def check_frame_numbering(root: Path, videos: Sequence[Video]) -> None:
+    """Every video's frames are numbered without a gap or a duplicate (names only: cheap enough for every run).
+
+    The prepared layout is 0-based (frames.frame_file_name).  A video with tools/prepare_data.py's manifest must
+    start at 0 and hold the number of frames it records (which catches frames missing at the end, too); without one,
+    a split of 1-based videos (e.g. ffmpeg's ``%03d.jpg``) is accepted as long as every video starts at the same
+    number, so a video of a 0-based split that starts at 1 is missing its first frame.
+    """
+    numbered = [(v, frame_numbers(root / v.name, v.frames), _manifest_frames(root / v.name)) for v in videos]
+    first = 0 if any(min(n) == 0 or m is not None for _, n, m in numbered) else 1
+    for video, numbers, recorded in numbered:
+        folder = root / video.name
+        check_contiguous(folder, video.frames, numbers, 0 if recorded is not None else first)
+        if recorded is not None and recorded != len(video.frames):
+            change = "lost frames at its end" if recorded > len(video.frames) else "gained frames"
+            raise UserError(f"video {folder} has {len(video.frames)} frames but tools/prepare_data.py wrote "
+                            f"{recorded} (its {PREPARED_MANIFEST}): it {change} since; re-run tools/prepare_data.py "
+                            f"for this dataset (it redoes the video), or remove the video folder")
 
 
 # --- frame cache ----------------------------------------------------------------------------------------------
@@ -125,16 +179,21 @@ def cached_frames(videos: Sequence[Video], size: int, cache_root: Path, desc: st
     A cache file is named by a fingerprint of the source frames (path, size, mtime), so an edited video is decoded
     again.  Writes are atomic: an interrupted build leaves no file that looks complete.
     """
-    cache_root.mkdir(parents=True, exist_ok=True)
     paths = [cache_root / f"{v.name}_{size}px_{_video_fingerprint(v, size)}.npy" for v in videos]
     missing = [i for i, p in enumerate(paths) if not p.exists()]
     if missing:
+        # Proved writable before the first frame is decoded, with one line naming --cache_dir.  Not a fallback to
+        # running without the cache: that means holding every decoded frame in memory (ShanghaiTech at 256 px is
+        # about 54 GB) or decoding JPEGs at every step (what the cache exists to avoid), so a permissions slip
+        # would become an out-of-memory crash or a many times slower run.  A complete cache on a read-only mount is
+        # still used: nothing needs writing then.
+        ensure_writable_dir(cache_root, "frame cache --cache_dir", CACHE_FIX)
         with ThreadPoolExecutor(max_workers=2) as pool:  # cv2 releases the GIL while decoding
             for i in tqdm(missing, desc=f"decoding {desc}".strip(), unit="video", leave=False):
                 array = _decode_video(videos[i], size, pool)
-                with atomic_path(paths[i], suffix=".npy") as tmp:
+                with atomic_path(paths[i], suffix=".npy", fix=CACHE_FIX, what="frame cache") as tmp:
                     with open(tmp, "wb") as handle:
-                        np.save(handle, array)
+                        save_npy(handle, array)  # np.save's failure on a full disk has no errno to word
     arrays = []
     for video, path in zip(videos, paths):
         try:

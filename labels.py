@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import cv2
 import numpy as np
@@ -65,7 +65,30 @@ def load_npy(path: Path, what: str, fix: str, mmap: bool = False) -> np.ndarray:
     raise UserError(f"cannot read {what} {path} as .npy ({reason}): {fix}")
 
 
+def save_npy(handle: BinaryIO, array: np.ndarray) -> None:
+    """``np.save`` through Python's own writes.  For a real file np.save calls ``ndarray.tofile``, whose failure on a
+    full disk is an OSError without an errno ("491520 requested and 57216 written"), which no caller can word; a
+    Python write fails with ENOSPC, which :func:`ioutil.atomic_path` turns into one line."""
+    array = np.asarray(array)
+    array = array if array.flags.c_contiguous else array.copy(order="C")
+    np.lib.format.write_array_header_1_0(handle, np.lib.format.header_data_from_array_1_0(array))
+    handle.write(memoryview(array.reshape(-1)).cast("B"))
+
+
 # --- frame labels -------------------------------------------------------------------------------------------------
+
+def _zero_one(path: Path, array: np.ndarray) -> np.ndarray:
+    """0/1 frame labels as int64; any other value (255 from a mask saved as an image, 0.5, NaN, -1) is a UserError:
+    cast to integers it would quietly become a label the metrics read as a third class or as anomalous."""
+    flat = np.asarray(array).reshape(-1)
+    bad = ~np.isin(flat, (0, 1))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise UserError(f"{path} holds the value {flat[first]!r} at position {first} ({int(bad.sum())} values "
+                        f"in all that are neither 0 nor 1): frame labels are 0 (normal) or 1 (anomalous); fix or "
+                        f"replace the file")
+    return flat.astype(np.int64)
+
 
 def _check_count(kind: str, path: Path, got: int, want: int) -> None:
     if got != want:
@@ -102,7 +125,7 @@ def labels_from_ano_pred_mat(path: Path, counts: Sequence[int]) -> list[np.ndarr
 def labels_from_concatenated_npy(path: Path, counts: Sequence[int]) -> list[np.ndarray]:
     """MNAD ``frame_labels_<ds>.npy``: all videos' 0/1 labels in one array, (1, N) or (N,)."""
     flat = load_npy(path, "label file", "expected MNAD's frame_labels_<dataset>.npy; replace the file")
-    flat = flat.reshape(-1).astype(np.int64)
+    flat = _zero_one(path, flat)
     if len(flat) != sum(counts):
         raise UserError(f"{path} has {len(flat)} frame labels but the {len(counts)} test videos have "
                         f"{sum(counts)} frames: the label file does not match these frames")
@@ -118,7 +141,7 @@ def labels_from_mask_folder(folder: Path, names: Sequence[str], counts: Sequence
             raise UserError(f"no frame mask {path} for test video {name}: the mask folder does not match the frames")
         video = load_npy(path, "frame mask", "replace it with the official testing/test_frame_mask file, or "
                                              "prepare the dataset again with tools/prepare_data.py")
-        video = video.reshape(-1).astype(np.int64)
+        video = _zero_one(path, video)
         if len(video) != n:
             raise UserError(f"{path} has {len(video)} labels but test video {name} has {n} frames")
         labels.append(video)
@@ -248,14 +271,22 @@ def find_label_source(cfg: Config) -> Path:
     """``--labels`` when given (it must exist), else the first of :func:`label_candidates` that exists."""
     if cfg.labels:
         path = Path(cfg.labels)
+        _refuse_broken_link(path)
         if not path.exists():
             raise UserError(f"label file {path} does not exist (from --labels)")
         return path
     for path in label_candidates(cfg):
+        _refuse_broken_link(path)  # skipped, the search would quietly go on to another file's labels
         if path.exists():
             return path
     looked = ", ".join(str(p) for p in label_candidates(cfg))
     raise UserError(f"no labels found for {cfg.dataset} (looked for {looked}): pass --labels=<file or folder>")
+
+
+def _refuse_broken_link(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"label file {path} is a broken symbolic link (its target is missing, or the link points "
+                        f"back to itself): fix or remove the link")
 
 
 # --- pixel masks --------------------------------------------------------------------------------------------------
@@ -384,22 +415,27 @@ def intervals_of(labels: np.ndarray) -> np.ndarray:
     return np.stack([edges[0::2] + 1, edges[1::2]]).astype(np.int32).reshape(2, -1)
 
 
-def write_ano_pred_mat(path: Path, labels: Sequence[np.ndarray]) -> None:
-    """The ano_pred ``gt`` format (:func:`labels_from_ano_pred_mat`): a 1 x n cell of (2, m) intervals."""
+WRITE_FIX = "choose another --data_root"  # what to do when a label file cannot be written (errors.WriteFailed)
+
+
+def write_ano_pred_mat(path: Path, labels: Sequence[np.ndarray], fix: str = WRITE_FIX) -> None:
+    """The ano_pred ``gt`` format (:func:`labels_from_ano_pred_mat`): a 1 x n cell of (2, m) intervals.  Atomic; a
+    failed write (full disk, read-only) is one :class:`errors.WriteFailed` line ending with ``fix``."""
     import scipy.io  # deferred: 0.2 s, and only .mat labels need it
 
     cells = np.empty((1, len(labels)), dtype=object)
     for k, video in enumerate(labels):
         cells[0, k] = intervals_of(video)
-    with atomic_path(path, suffix=".mat") as tmp:
+    with atomic_path(path, suffix=".mat", fix=fix, what="label file") as tmp:
         with open(tmp, "wb") as handle:  # a file object: savemat would append .mat to a path
             scipy.io.savemat(handle, {"gt": cells})
 
 
-def write_frame_mask_folder(folder: Path, names: Sequence[str], labels: Sequence[np.ndarray]) -> None:
-    """ShanghaiTech ``test_frame_mask/<video>.npy``: one 1-D uint8 0/1 array per test video."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_frame_mask_folder(folder: Path, names: Sequence[str], labels: Sequence[np.ndarray],
+                            fix: str = WRITE_FIX) -> None:
+    """ShanghaiTech ``test_frame_mask/<video>.npy``: one 1-D uint8 0/1 array per test video, each written atomically
+    (a failed write is one :class:`errors.WriteFailed` line ending with ``fix``)."""
     for name, video in zip(names, labels):
-        with atomic_path(folder / f"{name}.npy", suffix=".npy") as tmp:
+        with atomic_path(folder / f"{name}.npy", suffix=".npy", fix=fix, what="frame mask") as tmp:
             with open(tmp, "wb") as handle:
-                np.save(handle, np.asarray(video, dtype=np.uint8))
+                save_npy(handle, np.asarray(video, dtype=np.uint8))

@@ -161,8 +161,8 @@ def frame_size_error(folder: Path, first: Path, first_shape: tuple[int, ...], ot
 def frame_files(folder: Path) -> list[Path]:
     """The frame files of ``folder`` (images by extension, not hidden) in natural order.
 
-    A frame name that is a broken symbolic link or a link loop is a UserError (it would otherwise be skipped or
-    fail with a traceback); sub-folders are not frames.
+    A frame name that is a broken symbolic link, a link loop or a folder is a UserError (it would otherwise be
+    skipped or fail with a traceback); other sub-folders are not frames.
     """
     try:
         entries = list(folder.iterdir())
@@ -174,9 +174,14 @@ def frame_files(folder: Path) -> list[Path]:
             continue
         if path.is_file():
             files.append(path)
+        elif path.is_dir():  # skipped, it would leave a gap in the frames that shifts every label after it
+            raise UserError(f"frame {path} is a folder, not an image file: remove it, or re-extract the video's "
+                            f"frames")
         elif path.is_symlink():
             raise UserError(f"frame {path} is a broken symbolic link (its target is missing, or the link points "
                             f"back to itself): fix or remove the link")
+        else:  # a pipe would block the reader forever; a device or socket is no image either
+            raise UserError(f"frame {path} is not a regular file (a pipe, device or socket): remove it")
     return sorted(files, key=natural_key)
 
 

@@ -42,6 +42,9 @@ def plan_custom(dataset: str, roots: Sequence[Path], opts: Options) -> Plan:
     if not found:
         raise UserError(f"{root} has neither training/ nor testing/: put normal videos in {root / 'training'} and "
                         f"the videos to score in {root / 'testing'}")
+    if not plan.videos:  # else the run would "succeed" with an empty dataset that train.py then cannot find
+        raise UserError(f"{root} has no videos in its training/ or testing/ folder: put the video files (or folders of "
+                        f"frames) there, see docs/data.md 'Custom footage'")
     check_unique(plan.videos)
     plan.test_counts = {j.name: j.expected or j.header for j in plan.videos if j.split == "testing"}
     label_file = opts.labels or next((root / n for n in ("labels.csv", "labels.txt") if (root / n).is_file()), None)

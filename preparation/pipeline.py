@@ -25,7 +25,9 @@ half video that looks complete; a rerun skips finished videos, redoes unfinished
 frame count (against the masks, the file listing or the container's header) so a short or unreadable video is named,
 never silently truncated.  The source is only ever read: an output inside a source, a source inside the output and
 a source already in the prepared layout are refused (:func:`check_sources`).  Bad inputs are
-:class:`errors.UserError` with one line naming the file.
+:class:`errors.UserError` with one line naming the file.  An archive's members are all checked before anything is
+extracted (:func:`open_archive`: nothing leads out of the staging folder).  A failed write (full disk, read-only) is
+one :class:`errors.WriteFailed` line that stops every worker, leaves no partial folder and keeps finished videos.
 """
 from __future__ import annotations
 
@@ -33,11 +35,13 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tarfile
 import threading
 import time
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,15 +52,17 @@ import numpy as np
 from tqdm import tqdm
 
 from config import DATASET_ALIASES, canonical_dataset
-from errors import UserError
-from frames import FRAME_EXTENSIONS, is_frame, is_visible, natural_key
-from ioutil import atomic_path
+from errors import UserError, WriteFailed, is_write_error, write_failed
+from frames import FRAME_EXTENSIONS, PREPARED_MANIFEST, frame_file_name, is_frame, is_visible, natural_key
+from ioutil import atomic_path, ensure_writable_dir
 from labels import (PIXEL_MASKS, frame_labels_from_masks, load_labels, load_npy, load_pixel_masks,
                     pixel_mask_path, read_label_file, write_ano_pred_mat, write_frame_mask_folder)
 from registry import Registry
+from video_io import read_image
 
 SPLITS = ("training", "testing")
-MANIFEST = ".prepared.json"
+MANIFEST = PREPARED_MANIFEST  # the loader checks a video's frame count against it (dataset.check_frame_numbering)
+DATA_ROOT_FIX = "choose another --data_root"
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
 NOT_VIDEOS = (".txt", ".csv", ".md", ".json", ".npy", ".mat", ".m", ".py", ".pdf", ".html", ".xml", ".ini")
 
@@ -243,6 +249,9 @@ def dataset_name(dataset: str) -> str:
 def make_plan(dataset: str, roots: Sequence[Path], opts: Options) -> Plan:
     """What to prepare from the folders ``roots``: the registered planner of ``dataset``, plus ``--labels``."""
     plan = PLANNERS.get(dataset)(dataset, roots, opts)
+    if not plan.videos and not plan.test_counts and not plan.masks:  # an empty download would "succeed" silently
+        raise UserError(f"no {dataset} videos found under {', '.join(str(r) for r in roots)}: is --src the official "
+                        f"download, and complete?")
     check_unique(plan.videos)
     if opts.labels is not None and not PLANNERS.info(dataset).get("user_labels"):
         path = opts.labels
@@ -257,20 +266,90 @@ def _is_archive(path: Path) -> bool:
     return path.is_file() and any(path.name.lower().endswith(s) for s in ARCHIVE_SUFFIXES)
 
 
-def _archive_members(path: Path, keep: Callable[[str], bool]) -> tuple[int, list[str], Callable[[Path], None]]:
-    """(uncompressed bytes of the kept members, their names, extract(into)) of a tar or zip archive."""
+@dataclass
+class Archive:
+    """A tar or zip source: the members to extract, their uncompressed size, and how to extract them."""
+    path: Path
+    names: list[str]
+    size: int
+    extract: Callable[[Path], None]
+
+
+_DAMAGED = "the download is incomplete or damaged: download it again"
+
+
+def _damaged(path: Path, exc: BaseException) -> UserError:
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return UserError(f"cannot read archive {path} ({reason}): {_DAMAGED}")
+
+
+def _unsafe(path: Path, member: str, why: str) -> UserError:
+    return UserError(f"archive {path} has a member {member!r} that {why}: nothing was extracted; the archive is not "
+                     f"an official download or is damaged (extract what you trust yourself and pass the folder)")
+
+
+def _escapes(name: str) -> str | None:
+    """Why a member name would be written outside the extraction folder, or None (tar and zip alike)."""
+    posix = name.replace("\\", "/")
+    if posix.startswith("/") or re.match(r"[A-Za-z]:", posix):
+        return "has an absolute path"
+    if ".." in posix.split("/"):
+        return "climbs out of the extraction folder ('..')"
+    return None
+
+
+def _check_tar_member(path: Path, member: tarfile.TarInfo, into: Path) -> None:
+    """Refuse, naming it, a member that Python's 'data' filter would refuse in the middle of extracting (a path or a
+    link leading out, a device or pipe), and an absolute name, which that filter would quietly make relative."""
+    why = _escapes(member.name)
+    if why is not None:
+        raise _unsafe(path, member.name, why)
+    try:
+        tarfile.data_filter(member, str(into))
+    except tarfile.FilterError as exc:
+        reason = {tarfile.OutsideDestinationError: "would be written outside the extraction folder",
+                  tarfile.AbsoluteLinkError: f"is a link with an absolute target ({member.linkname!r})",
+                  tarfile.LinkOutsideDestinationError: f"is a link pointing out of the extraction folder (to "
+                                                       f"{member.linkname!r})",
+                  tarfile.SpecialFileError: "is a device or pipe, not a file",
+                  tarfile.AbsolutePathError: "has an absolute path"}.get(type(exc), str(exc))
+        raise _unsafe(path, member.name, reason) from None
+
+
+def _check_zip_member(path: Path, info: zipfile.ZipInfo) -> None:
+    """zipfile quietly rewrites a name leading out ('../x' becomes 'x') and writes a link as a small text file
+    holding its target: both refused, naming the member, rather than extracted as something else."""
+    why = _escapes(info.filename)
+    if why is not None:
+        raise _unsafe(path, info.filename, why)
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise _unsafe(path, info.filename, "is a symbolic link, which zip extraction cannot recreate")
+
+
+def open_archive(path: Path, keep: Callable[[str], bool], into: Path) -> Archive:
+    """The members of a tar or zip archive that ``keep`` selects, every one checked before anything is extracted
+    (into ``into``); a damaged archive or an unsafe member is one UserError line naming the archive (and member)."""
     try:
         if path.name.lower().endswith(".zip"):
             archive = zipfile.ZipFile(path)
             infos = [i for i in archive.infolist() if keep(i.filename)]
-            return (sum(i.file_size for i in infos), [i.filename for i in infos],
-                    lambda into: archive.extractall(into, members=infos))
+            for info in infos:
+                _check_zip_member(path, info)
+            return Archive(path, [i.filename for i in infos], sum(i.file_size for i in infos),
+                           lambda folder: archive.extractall(folder, members=infos))
         tar = tarfile.open(path)
         members = [m for m in tar.getmembers() if keep(m.name)]
-        return (sum(m.size for m in members), [m.name for m in members],
-                lambda into: tar.extractall(into, members=members, filter="data"))
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise UserError(f"cannot read archive {path} ({exc}): the download is incomplete or damaged") from None
+        for member in members:
+            _check_tar_member(path, member, into)
+        return Archive(path, [m.name for m in members], sum(m.size for m in members),
+                       lambda folder: tar.extractall(folder, members=members, filter="data"))
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise _damaged(path, exc) from None
+    except OSError as exc:
+        if is_write_error(exc):  # reading only: a refused permission or a file gone
+            raise UserError(f"cannot read archive {path} ({exc.strerror or exc}): check it is there and readable") \
+                from None
+        raise _damaged(path, exc) from None
 
 
 def _refuse_prepared_archive(src: Path, names: Sequence[str], dataset: str) -> None:
@@ -301,31 +380,57 @@ def stage_sources(sources: Sequence[Path], dataset: str, staging: Path) -> tuple
         marker = target / ".complete"
         stamp = f"{src.stat().st_size}"
         if not (marker.exists() and marker.read_text() == stamp):
-            keep = PLANNERS.info(dataset).get("archive_members", lambda name: True)
-            size, names, extract = _archive_members(src, keep)
-            _refuse_prepared_archive(src, names, dataset)
-            if size * 1.02 + 64e6 > free_bytes(staging):
-                raise UserError(f"extracting {src} needs about {_human(size)} but {staging} has only "
-                                f"{_human(free_bytes(staging))} free: extract it yourself elsewhere and pass the "
-                                f"folder, or free some space")
-            print(f"extracting {src} ({_human(size)}) into {target}", file=sys.stderr)
-            shutil.rmtree(target, ignore_errors=True)
-            partial = target.with_name(target.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-            extract(partial)
-            (partial / ".complete").write_text(stamp)
-            os.replace(partial, target)
+            _extract(src, dataset, target, stamp)
         roots.append(target)
         staged.append(target)
     return roots, staged
 
 
+def _extract(src: Path, dataset: str, target: Path, stamp: str) -> None:
+    """Extract the archive ``src`` into ``target`` through ``<target>.partial``: every member is checked first, and
+    whatever fails (an unsafe member, a damaged archive, a full disk, Ctrl-C) leaves no partial folder behind."""
+    partial = target.with_name(target.name + ".partial")
+    keep = PLANNERS.info(dataset).get("archive_members", lambda name: True)
+    archive = open_archive(src, keep, partial)
+    _refuse_prepared_archive(src, archive.names, dataset)
+    if archive.size * 1.02 + 64e6 > free_bytes(target.parent):
+        raise UserError(f"extracting {src} needs about {_human(archive.size)} but {target.parent} has only "
+                        f"{_human(free_bytes(target.parent))} free: extract it yourself elsewhere and pass the "
+                        f"folder, or free some space")
+    print(f"extracting {src} ({_human(archive.size)}) into {target}", file=sys.stderr)
+    try:
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        archive.extract(partial)
+        (partial / ".complete").write_text(stamp)
+        os.replace(partial, target)
+    except BaseException as exc:
+        shutil.rmtree(partial, ignore_errors=True)  # first: the free space the message gives counts its room
+        error = exc
+        if isinstance(exc, OSError) and is_write_error(exc):
+            error = write_failed(target, exc, "extract it yourself elsewhere and pass the folder, or choose another "
+                                 "--data_root", "extracted archive")
+        elif isinstance(exc, (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError)):
+            error = _damaged(src, exc)
+        remove_empty_folders(target.parent, stop=target.parents[2])
+        if error is exc:
+            raise
+        raise error from None
+
+
+def remove_empty_folders(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and its parents up to (not including) ``stop`` while they are empty (best effort)."""
+    folder, stop = Path(folder), Path(stop)
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
 # --- writing one video ------------------------------------------------------------------------------------------
-
-def _frame_name(index: int, digits: int, extension: str) -> str:
-    return f"{index:0{digits}d}.{extension}"
-
 
 def _digits(dataset: str, count: int) -> int:
     return max(PLANNERS.info(dataset).get("frame_digits", 3), len(str(max(count - 1, 0))))
@@ -366,9 +471,13 @@ def video_state(job: VideoJob, split_dir: Path, opts: Options) -> str:
 
 
 def _write_image(path: Path, image: np.ndarray, opts: Options) -> None:
+    """Encoded in memory, written by Python: a failed write is an OSError with its errno (full disk, read-only),
+    which :func:`prepare_video` words in one line; cv2.imwrite would only return False."""
     params = [cv2.IMWRITE_JPEG_QUALITY, opts.jpeg_quality] if opts.image_format == "jpg" else []
-    if not cv2.imwrite(str(path), image, params):
-        raise UserError(f"cannot write {path}: the disk is full or the folder is not writable")
+    ok, data = cv2.imencode(f".{opts.image_format}", image, params)
+    if not ok:
+        raise UserError(f"OpenCV cannot encode frame {path.name} of {path.parent} as {opts.image_format}")
+    path.write_bytes(data.tobytes())
 
 
 def _place_file(src: Path, dst: Path, mode: str) -> None:
@@ -400,10 +509,7 @@ def _iter_source(job: VideoJob) -> Iterable[np.ndarray]:
     """Decoded BGR frames of a job: a video file's frames, or a folder's images (grey -> 3 equal channels)."""
     if job.frames is not None:
         for path in job.frames:
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                raise UserError(f"cannot read frame {path}: the file is empty or not an image")
-            yield image
+            yield read_image(path)  # a truncated JPEG is an error naming it, not a frame with a grey bottom
         return
     capture = cv2.VideoCapture(str(job.source))
     if not capture.isOpened():
@@ -425,7 +531,7 @@ def _write_frames(job: VideoJob, folder: Path, dataset: str, opts: Options, stop
             if stop.is_set():
                 raise KeyboardInterrupt
             _check_jpeg(path)
-            _place_file(path, folder / _frame_name(t, digits, "jpg"), opts.link)
+            _place_file(path, folder / frame_file_name(t, digits, "jpg"), opts.link)
         return len(job.frames)
     digits = _digits(dataset, job.expected or job.header)
     size = None
@@ -438,7 +544,7 @@ def _write_frames(job: VideoJob, folder: Path, dataset: str, opts: Options, stop
         elif image.shape != size:
             raise UserError(f"{job.source}: frame {count} is {image.shape[1]}x{image.shape[0]} but the first frame "
                             f"is {size[1]}x{size[0]}: a video's frames must all have one size")
-        _write_image(folder / _frame_name(count, digits, opts.image_format), image, opts)
+        _write_image(folder / frame_file_name(count, digits, opts.image_format), image, opts)
         count += 1
     return count
 
@@ -470,8 +576,8 @@ def prepare_video(job: VideoJob, dataset: str, opts: Options, stop: threading.Ev
         return VideoResult(job, _count_frames(final), state)
     partial = split_dir / f".partial-{job.name}"
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     try:
+        partial.mkdir(parents=True)
         count = _write_frames(job, partial, dataset, opts, stop)
         _check_frame_count(job, count)
         manifest = {"source": str(job.source), "frames": count, "fingerprint": _fingerprint(job, opts)}
@@ -484,8 +590,10 @@ def prepare_video(job: VideoJob, dataset: str, opts: Options, stop: threading.Ev
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(partial, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(exc, OSError) and is_write_error(exc):
+            raise write_failed(final, exc, DATA_ROOT_FIX, f"{job.split} video") from None
         raise
     return VideoResult(job, count, "written")
 
@@ -511,24 +619,40 @@ def prepare_mask(job: MaskJob, dataset: str, opts: Options, stop: threading.Even
                         f"{job.frame_size[1]}x{job.frame_size[0]}")
     if job.linkable and _is_binary(masks, stop):  # ShanghaiTech's own uint8 0/1 masks: no second 16 GB copy
         tmp = path.with_name(f".{path.name}.partial")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.unlink(missing_ok=True)
-        _place_file(job.source, tmp, "copy" if opts.link == "symlink" else opts.link)
-        os.replace(tmp, path)
+        try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.unlink(missing_ok=True)
+            _place_file(job.source, tmp, "copy" if opts.link == "symlink" else opts.link)
+            os.replace(tmp, path)
+        except BaseException as exc:  # a copy cut short by a full disk: no half file under either name
+            _remove_quietly(tmp)
+            if isinstance(exc, OSError) and is_write_error(exc):
+                raise write_failed(path, exc, DATA_ROOT_FIX, "pixel mask") from None
+            raise
         return "linked"
-    with atomic_path(path, suffix=".npy") as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(job.frames, height, width))
-        for t in range(job.frames):
-            if stop.is_set():
-                raise KeyboardInterrupt
-            frame = np.asarray(masks[t])
-            if frame.shape != (height, width):
-                raise UserError(f"{job.source}: mask {t} is {frame.shape[1]}x{frame.shape[0]}, the first is "
-                                f"{width}x{height}")
-            out[t] = frame > 0
-        out.flush()
-        del out
+    # Streamed one mask at a time, with plain writes: a memory-mapped output (open_memmap) is a sparse file whose
+    # pages are allocated when touched, so a full disk would kill the process with SIGBUS instead of an OSError.
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+              "shape": (job.frames, height, width)}
+    with atomic_path(path, suffix=".npy", fix=DATA_ROOT_FIX, what="pixel mask") as tmp:
+        with open(tmp, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)
+            for t in range(job.frames):
+                if stop.is_set():
+                    raise KeyboardInterrupt
+                frame = np.asarray(masks[t])
+                if frame.shape != (height, width):
+                    raise UserError(f"{job.source}: mask {t} is {frame.shape[1]}x{frame.shape[0]}, the first is "
+                                    f"{width}x{height}")
+                handle.write((frame > 0).astype(np.uint8).tobytes())
     return "written"
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # the folder went away or became read-only: nothing left to remove
+        pass
 
 
 def _is_binary(masks: np.ndarray, stop: threading.Event) -> bool:
@@ -544,16 +668,22 @@ def _is_binary(masks: np.ndarray, stop: threading.Event) -> bool:
 
 def run_parallel(jobs: Sequence, work: Callable, desc: str, opts: Options) -> list:
     """``work(job, stop)`` for every job on ``opts.workers`` threads (OpenCV and zlib release the GIL), with a
-    progress bar.  A UserError of one job does not stop the others; they are all reported at the end.  Ctrl-C (or
-    any other exception) stops every job at its next frame; finished jobs stay finished."""
+    progress bar.  A UserError of one job does not stop the others; they are all reported at the end.  A failed
+    write (:class:`errors.WriteFailed`: a full disk, a read-only folder) would fail every other job the same way, so
+    it stops them all and is the one line reported; so does Ctrl-C (or any other exception), at each job's next
+    frame.  Finished jobs stay finished."""
     stop = threading.Event()
     results, failures = [], []
+    write_failure: list[WriteFailed] = []
 
     def guarded(job):
-        # A job that fails other than by a UserError (Ctrl-C, a full disk) sets `stop` itself, at once: waiting for
-        # the main thread to see it let the next queued job start and finish meanwhile on a busy machine.
+        # A job that fails other than by a UserError (Ctrl-C) or by a failed write sets `stop` itself, at once:
+        # waiting for the main thread to see it let the next queued job start and finish meanwhile on a busy machine.
         try:
             return work(job, stop)
+        except WriteFailed:
+            stop.set()
+            raise
         except UserError:
             raise
         except BaseException:
@@ -568,6 +698,9 @@ def run_parallel(jobs: Sequence, work: Callable, desc: str, opts: Options) -> li
             for future in as_completed(futures):
                 try:
                     results.append(future.result())
+                except WriteFailed as exc:
+                    write_failure.append(exc)
+                    break
                 except UserError as exc:
                     failures.append(str(exc))
                 bar.update(1)
@@ -577,7 +710,15 @@ def run_parallel(jobs: Sequence, work: Callable, desc: str, opts: Options) -> li
             future.cancel()
         raise
     finally:
+        if write_failure:  # the others stop at their next frame (they raise KeyboardInterrupt: not reported)
+            stop.set()
+            for future in futures:
+                future.cancel()
         pool.shutdown(wait=True)
+    if write_failure:
+        exc = write_failure[0]
+        raise WriteFailed(f"{exc} (finished videos are kept: run the same command again to continue)", exc.errno,
+                          exc.reason)
     if len(failures) == 1:
         raise UserError(f"{failures[0]} (the other videos are done; run again once this is fixed)")
     if failures:
@@ -829,6 +970,16 @@ def check_sources(sources: Sequence[Path], dataset: str, data_root: Path) -> Non
                             f"(train.py / eval.py --data_root={tree.parent})")
 
 
+def check_data_root(data_root: Path) -> None:
+    """A --data_root that is a file, or a dataset's own folder (``data/ped2``: the output would become
+    ``data/ped2/ped2/``, which nothing reads), is one UserError line."""
+    if data_root.exists() and not data_root.is_dir():
+        raise UserError(f"--data_root {data_root} is a file, not a folder: {DATA_ROOT_FIX}")
+    if any((data_root / split / "frames").is_dir() for split in SPLITS):
+        raise UserError(f"--data_root {data_root} is a dataset's folder (it holds training/ or testing/ frames): "
+                        f"give the folder above it, --data_root {data_root.parent}")
+
+
 def prepare(dataset: str, sources: Sequence[Path], opts: Options) -> Summary:
     """Prepare ``dataset`` from the downloaded ``sources`` into ``opts.data_root`` (see the module docstring)."""
     dataset = dataset_name(dataset)
@@ -836,19 +987,39 @@ def prepare(dataset: str, sources: Sequence[Path], opts: Options) -> Summary:
         raise UserError("no --src given: pass the downloaded folder or archive")
     data_root = Path(opts.data_root)
     check_sources(sources, dataset, data_root)
+    check_data_root(data_root)
+    created = not data_root.exists()
     staging = data_root / ".prepare" / dataset
-    roots, staged = stage_sources(sources, dataset, staging)
-    if staged and opts.link == "symlink":
-        raise UserError("--link=symlink cannot be used with an archive source (the extracted files are removed at "
-                        "the end): use --link=auto or copy")
-    plan = make_plan(dataset, roots, opts)
+    try:
+        # Proved writable first: a read-only or refused --data_root is this one line, not "no space" or a traceback
+        # after the archive was read.
+        ensure_writable_dir(data_root, "--data_root", DATA_ROOT_FIX)
+        roots, staged = stage_sources(sources, dataset, staging)
+        if staged and opts.link == "symlink":
+            raise UserError("--link=symlink cannot be used with an archive source (the extracted files are removed "
+                            "at the end): use --link=auto or copy")
+        plan = make_plan(dataset, roots, opts)
+    except BaseException:
+        # Nothing is prepared yet.  An extracted copy of an archive that is not what was expected (no videos, the
+        # wrong download) is of no use to the next run, and would fill the disk without a word: removed.
+        if not opts.keep_extracted:
+            shutil.rmtree(staging, ignore_errors=True)
+        remove_empty_folders(staging.parent, stop=data_root)
+        if created:
+            remove_empty_folders(data_root, stop=data_root.parent)
+        raise
     summary = Summary(dataset, data_root, notes=list(plan.notes))
-    _stray_folders(plan, opts)
     videos = [] if opts.labels_only else plan.videos
-    todo = [j for j in videos
-            if video_state(j, data_root / dataset / j.split / "frames", opts) == "todo"]
-    masks_todo = [m for m in plan.masks if not pixel_mask_path(data_root, dataset, m.name).exists()]
-    need = check_space(todo, masks_todo, opts)
+    try:
+        _stray_folders(plan, opts)
+        todo = [j for j in videos
+                if video_state(j, data_root / dataset / j.split / "frames", opts) == "todo"]
+        masks_todo = [m for m in plan.masks if not pixel_mask_path(data_root, dataset, m.name).exists()]
+        need = check_space(todo, masks_todo, opts)
+    except UserError:
+        if created:  # refused before writing: the --data_root this run created goes too
+            remove_empty_folders(data_root, stop=data_root.parent)
+        raise
     if todo or masks_todo:
         work = f"{len(todo)} of {len(videos)} videos and " if videos else "labels only: "
         print(f"{dataset}: {work}{len(masks_todo)} pixel-mask files to write (about {_human(need)}; "
