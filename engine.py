@@ -51,6 +51,7 @@ from ioutil import WriteFailed, atomic_write_text, ensure_writable_dir, write_fi
 from methods import TrainingContext, method_for, method_of
 from models import build_discriminator, build_generator, is_trainable
 from pseudo import SKIP, STATISTICS, pseudo_figures
+from tensorboard_log import TensorBoardLog
 from runtime import (InterruptLatch, autocast, configure_threads, resolve_device, rng_state, seed_everything,
                      set_rng_state, signals_held, signals_ignored, versions)
 from metrics import psnr
@@ -180,7 +181,8 @@ class CurveLog:
         kept = [line for line in self.read_lines(path) if int(line.split(",", 1)[0]) <= resumed_step] \
             if resumed_step is not None else []
         atomic_write_text(path, self.HEADER + "".join(kept))
-        self.handle = open(path, "a")
+        self.path = path
+        self.handle: Optional[Any] = open(path, "a")
 
     @staticmethod
     def read_lines(path: Path) -> list[str]:
@@ -201,11 +203,23 @@ class CurveLog:
         return good
 
     def add(self, step: int, values: dict[str, float]) -> None:
-        self.handle.write("".join(f"{step},{name},{float(value):.6g}\n" for name, value in values.items()))
-        self.handle.flush()
+        """Append the rows of one step; a log disk that fills up stops the curves (said once), never the run."""
+        if self.handle is None:
+            return
+        try:
+            self.handle.write("".join(f"{step},{name},{float(value):.6g}\n" for name, value in values.items()))
+            self.handle.flush()
+        except OSError as exc:
+            print(f"note: the training curves stop at step {step} ({write_reason(self.path, exc)}); training goes on")
+            self.close()
 
     def close(self) -> None:
-        self.handle.close()
+        if self.handle is not None:
+            try:
+                self.handle.close()
+            except OSError:  # the buffered rows of a full disk: already said in add()
+                pass
+            self.handle = None
 
 
 class StepLosses:
@@ -578,9 +592,13 @@ class Trainer:
         if not self.cfg.tensorboard:
             return
         from tensorboardX import SummaryWriter  # deferred: only runs that log load it
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(self.cfg, self.run_dir)
-        self.writer = SummaryWriter(str(self.run_dir))
+        try:  # like the curves, the TensorBoard logs are for looking at: a full log disk costs them, not the run
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(self.cfg, self.run_dir)
+            self.writer = TensorBoardLog(self.run_dir, SummaryWriter)
+        except OSError as exc:
+            print(f"note: no TensorBoard logs ({write_reason(self.run_dir / 'config.json', exc)}); training goes on "
+                  f"(free some space, or choose another --log_dir next time)")
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> TrainSummary:

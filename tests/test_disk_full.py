@@ -258,3 +258,51 @@ def test_a_write_error_no_caller_worded_is_still_one_line_but_a_missing_file_is_
 
     with pytest.raises(FileNotFoundError):  # reading a file that is not there is no write error: a traceback
         run_cli(missing)
+
+
+# --- the logs: a full log disk costs the logs, never the run -----------------------------------------------------
+
+def test_a_log_disk_that_fills_up_costs_the_curves_and_tensorboard_not_the_run(small_cfg, disk):
+    """A real run whose --log_dir fills up part way: both kinds of log stop with one note each, the run finishes
+    and saves, and nothing is printed as a traceback (tensorboardX's writer thread and exit hook included)."""
+    disk.fill(leave=24 * 1024)
+    cfg = small_cfg
+    result = subprocess.run(
+        [sys.executable, "train.py", f"--data_root={cfg.data_root}", f"--cache_dir={cfg.cache_dir}",
+         f"--weights_dir={cfg.weights_dir}", f"--log_dir={disk.path / 'tb'}", "--dataset=toy", "--img_size=32",
+         "--base_channels=8", "--iters=400", "--val_interval=0", "--save_interval=0", "--log_interval=1",
+         "--batch_size=2", "--tensorboard=true", "--device=cpu", "--num_threads=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Traceback" not in output and "Exception in thread" not in output
+    assert "note: the TensorBoard logs in " in output and "stop here (the disk is full" in output
+    assert "note: the training curves stop at step " in output
+    assert load_checkpoint(Path(cfg.weights_dir) / "latest_toy.pth")["step"] == 400
+
+
+class BrokenWriter:
+    """A SummaryWriter stand-in whose writes fail as on a full disk."""
+
+    def __init__(self, _folder):
+        self.calls = 0
+
+    def add_scalar(self, *_args):
+        self.calls += 1
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def close(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_tensorboard_write_that_fails_is_said_once_and_logging_stops(tmp_path):
+    from tensorboard_log import TensorBoardLog
+
+    said = []
+    log = TensorBoardLog(tmp_path, BrokenWriter, said.append)
+    writer = log.writer
+    for step in range(5):
+        log.add_scalar("loss", 1.0, step)
+    log.close()
+    assert writer.calls == 1 and len(said) == 1
+    assert said[0].startswith(f"note: the TensorBoard logs in {tmp_path} stop here (the disk is full")
