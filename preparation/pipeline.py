@@ -393,10 +393,11 @@ def _extract(src: Path, dataset: str, target: Path, stamp: str) -> None:
     keep = PLANNERS.info(dataset).get("archive_members", lambda name: True)
     archive = open_archive(src, keep, partial)
     _refuse_prepared_archive(src, archive.names, dataset)
-    if archive.size * 1.02 + 64e6 > free_bytes(target.parent):
-        raise UserError(f"extracting {src} needs about {_human(archive.size)} but {target.parent} has only "
-                        f"{_human(free_bytes(target.parent))} free: extract it yourself elsewhere and pass the "
-                        f"folder, or free some space")
+    required = int(archive.size * 1.02) + min(SPACE_MARGIN_BYTES, archive.size // 4)
+    if required > free_bytes(target.parent):
+        raise UserError(f"extracting {src} needs about {_human(required)} (its {_human(archive.size)} with a margin) "
+                        f"but {target.parent} has only {_human(free_bytes(target.parent))} free: extract it yourself "
+                        f"elsewhere and pass the folder, or free some space")
     print(f"extracting {src} ({_human(archive.size)}) into {target}", file=sys.stderr)
     try:
         shutil.rmtree(target, ignore_errors=True)
@@ -775,12 +776,20 @@ def estimate_bytes(videos: Sequence[VideoJob], masks: Sequence[MaskJob], opts: O
     return int(total)
 
 
+SPACE_MARGIN_BYTES = 64 * 2**20  # at most this much room kept beyond the estimate (a quarter of it for small jobs)
+
+
 def check_space(videos: Sequence[VideoJob], masks: Sequence[MaskJob], opts: Options) -> int:
+    """The bytes the remaining work needs; refused when the estimate, with a margin for its error, exceeds the free
+    space.  The message states the figure compared, margin included, so it never refuses with more free than it
+    says it needs."""
     need = estimate_bytes(videos, masks, opts)
+    required = need + min(SPACE_MARGIN_BYTES, need // 4)  # the estimate samples a few videos: keep room for error
     free = free_bytes(opts.data_root)
-    if need + 64e6 > free:
-        raise UserError(f"preparing needs about {_human(need)} at {opts.data_root} but only {_human(free)} is free: "
-                        f"free some space or choose another --data_root (finished videos are kept and not redone)")
+    if required > free:
+        raise UserError(f"preparing needs about {_human(required)} at {opts.data_root} (an estimate from a sample "
+                        f"of the videos, with a margin) but only {_human(free)} is free: free some space or choose "
+                        f"another --data_root (finished videos are kept and not redone)")
     return need
 
 

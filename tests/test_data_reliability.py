@@ -8,6 +8,7 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -774,3 +775,23 @@ def test_a_pixel_mask_copy_cut_short_leaves_no_half_file(tmp_path, monkeypatch):
         prepare("shanghai", [tmp_path / "src"], opts(tmp_path / "data", labels_only=True, workers=1))
     masks = tmp_path / "data" / "shanghai" / "testing" / "pixel_masks"
     assert not (masks / "01_0015.npy").exists() and leftovers(tmp_path / "data") == []
+
+
+@pytest.mark.parametrize("need_mb, free_mb, refused", [(10, 30, False), (10, 12, True), (400, 470, False),
+                                                       (400, 465, True)])
+def test_the_space_check_never_refuses_with_more_free_than_it_says_it_needs(monkeypatch, tmp_path, need_mb, free_mb,
+                                                                            refused):
+    """It refused 10 MB of work on 30 MB free ('needs about 10 MB but only 30 MB is free'): the 64 MB margin was
+    added silently.  Now the margin is at most a quarter of the estimate, and the figure said includes it."""
+    from preparation import pipeline
+
+    monkeypatch.setattr(pipeline, "estimate_bytes", lambda *_: need_mb * 10**6)
+    monkeypatch.setattr(pipeline, "free_bytes", lambda *_: free_mb * 10**6)
+    opts = pipeline.Options(data_root=tmp_path)
+    if not refused:
+        assert pipeline.check_space([], [], opts) == need_mb * 10**6
+        return
+    with pytest.raises(UserError) as info:
+        pipeline.check_space([], [], opts)
+    said = re.search(r"needs about ([\d.]+) MB .* only ([\d.]+) MB is free", str(info.value))
+    assert said and float(said.group(1)) > float(said.group(2)), str(info.value)
