@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from webapp.files import cut_name
 from webapp.jobs import Stage
 
 CPU_SIZE = dict(img_size=128, base_channels=32)  # the ped2_cpu recipe's size and width (docs/results.md)
@@ -48,7 +49,8 @@ def adapt_plan(settings, name: str, footage: list[Path], base: Optional[Path], i
             if stale.is_dir():
                 shutil.rmtree(stale)
         for k, video in enumerate(train_videos):
-            _link_or_copy(video, src / "training" / f"{k + 1:02d}_{video.name}")
+            # cut: a 255-byte file name plus the number would be longer than the file system allows
+            _link_or_copy(video, src / "training" / f"{k + 1:02d}_{cut_name(video.stem, 150)}{video.suffix}")
 
     size = dict(CPU_SIZE)
     if base is not None:
@@ -63,7 +65,7 @@ def adapt_plan(settings, name: str, footage: list[Path], base: Optional[Path], i
     if base is not None:
         train.append(f"--pretrained={base}")
     checkpoint = weights / "latest_custom.pth"
-    run = f"{held_out.stem}_adapted_{name}"
+    run = f"{cut_name(held_out.stem, 100)}_adapted_{name}".replace("\\", "_")  # within detect.py's --run rules
     calibrate = ["detect.py", f"--video={held_out}", f"--trained_model={checkpoint}", "--norm=causal",
                  f"--calibrate={held_out}", f"--results_dir={settings.results_dir}", f"--run={run}",
                  "--progress=true"]

@@ -6,11 +6,17 @@ the page or restarting the app shows every job.  The stages are the project's ow
 the page is ever interpreted.  What a stage writes it writes atomically itself, so a stopped or failed job leaves
 no half-written file under a final name.
 
-States: ``running`` -> ``done`` | ``failed`` (the stage's one-line ``error:`` message) | ``stopped`` (the stop
-button: SIGINT, which train.py answers by saving a checkpoint) | ``interrupted`` (the app itself ended while the
-job ran: found so on the next start).  A stopped or interrupted adapt job can be resumed: it continues from its
-first unfinished stage, training from its last checkpoint.  One job runs at a time by default: on 2 CPU cores two
-torch processes stall each other (docs/speed.md).
+States: ``running`` -> ``done`` | ``failed`` (the stage's one-line ``error:`` message, a traceback's last line, or
+in words what happened to a stage that died without one: the signal that killed it and how far it got) |
+``stopped`` (the stop button: SIGINT, which train.py answers by saving a checkpoint) | ``interrupted`` (the app
+itself ended while the job ran: found so on the next start).  A stopped or interrupted adapt job can be resumed:
+it continues from its first unfinished stage, training from its last checkpoint.  One job runs at a time by
+default: on 2 CPU cores two torch processes stall each other (docs/speed.md).
+
+The store's own writes (records, logs) on a full disk or a read-only state folder: a job is never started without
+its record (ioutil.WriteFailed, nothing left behind); a job that ends while its record cannot be written keeps its
+final state in memory, so it is never shown as running (nor blocks the next job), and is written at the next
+chance.
 """
 from __future__ import annotations
 
@@ -27,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from ioutil import atomic_write_text
+from errors import UserError
+from ioutil import atomic_write_text, is_write_error, write_failed
 
 try:
     import fcntl  # POSIX: one app per state folder
@@ -38,7 +45,11 @@ REPO = Path(__file__).resolve().parents[1]
 # tqdm's bar: "desc:  45%|####5     | 81/180 [00:02<00:02, 40.1frame/s]"
 _BAR = re.compile(r"(?:(?P<desc>[^\r\n|]*?):\s+)?(?P<pct>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*"
                   r"\[(?P<elapsed>[\d:]+)<(?P<eta>[\d:?]+),\s*(?P<rate>[\d.?]+)\s*(?P<unit>[^/\]]*)/s")
+_HEADER = re.compile(r"(?:^|\n)=== [^\n]*(?:\n|$)")  # the line the runner writes before each stage
 FINAL = ("done", "failed", "stopped", "interrupted")
+STATES = ("running", *FINAL)
+STATE_FIX = "restart app.py with another --state_dir"  # what to do when the state folder cannot be written
+CRASH_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGILL", "SIGFPE")
 STOP_GRACE_S = 20.0  # after the stop button's SIGINT, seconds before SIGTERM (and as many again before SIGKILL)
 
 
@@ -81,29 +92,83 @@ class Job:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Job":
+        """A job from its record; TypeError for a damaged one (wrong types), so that one bad file never breaks
+        the listing of the others (sorting by ``created``, the page's stage names)."""
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
+            raise TypeError("not a job record")
         data = dict(data)
-        data["stages"] = [Stage(**s) for s in data["stages"]]
-        return cls(**data)
+        data["stages"] = [Stage(**s) for s in data["stages"]]  # TypeError for a stage that is not an object
+        job = cls(**data)
+        if not (isinstance(job.id, str) and job.state in STATES and isinstance(job.stage, int)
+                and 0 <= job.stage <= len(job.stages) and isinstance(job.created, (int, float))
+                and isinstance(job.error, str) and isinstance(job.outputs, dict)
+                and all(isinstance(st.name, str) and isinstance(st.argv, list) for st in job.stages)):
+            raise TypeError("a job record with fields of the wrong type")
+        return job
+
+
+def stage_output(log: Path, tail_bytes: Optional[int] = None) -> str:
+    """What the last stage wrote to the job's log (after the ``=== stage`` header the runner writes before each),
+    at most its last ``tail_bytes``: never an earlier stage's bar or message."""
+    try:
+        with open(log, "rb") as handle:
+            if tail_bytes is not None:
+                handle.seek(max(0, handle.seek(0, os.SEEK_END) - tail_bytes))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    headers = list(_HEADER.finditer(text))
+    return text[headers[-1].end():] if headers else text
 
 
 def last_error(log: Path) -> str:
-    """The stage's one-line message: its last ``error:`` line, else its last line (a traceback's last line)."""
+    """The stage's one-line message: its last ``error:`` line, else a traceback's last line; "" when it printed
+    neither (a stage killed by a signal, or one that exited without saying why: the caller says it in words)."""
+    lines = [line.strip() for line in re.split(r"[\r\n]", stage_output(log)) if line.strip()]
+    errors = [line for line in lines if line.startswith("error:") or ": error: " in line]
+    if errors:
+        return errors[-1]
+    if any("Traceback (most recent call last)" in line for line in lines):  # after a bar, on its line
+        said = [line for line in lines if not _BAR.search(line)]  # a bar the crash cut short is no message
+        return said[-1] if said else ""
+    return ""
+
+
+def _signal_name(number: int) -> str:
     try:
-        lines = [line.strip() for line in re.split(r"[\r\n]", log.read_text(errors="replace")) if line.strip()]
-    except OSError:
-        return ""
-    errors = [line for line in lines if line.startswith("error:")]
-    return (errors or lines or [""])[-1]
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def stage_failure(stage: str, code: int, log: Path, kind: str) -> str:
+    """What the Jobs list says of a stage that ended with a non-zero status: its own one-line message when it
+    printed one, else in words: killed or crashed by which signal, or exited with which status, and how far it
+    got (its last progress bar), and what to do."""
+    message = last_error(log)
+    bar = progress_of(log)
+    where = (f" at {100 * bar['n'] // bar['total']}% ({bar['n']}/{bar['total']} {bar['unit']})"
+             if bar and bar["total"] else " before it reported progress")
+    again = "press Resume to continue" if kind == "adapt" else "run the detection again"
+    number = -code if code < 0 else code - 128  # a signal's own status, or run_cli's 128 + its number
+    name = _signal_name(number) if number > 0 else ""
+    if code < 0:
+        if name == "SIGKILL":
+            return f"the {stage} stage was killed (SIGKILL: out of memory, or by hand){where}; {again}"
+        if name in CRASH_SIGNALS:
+            return f"the {stage} stage crashed ({name}){where}; {again}"
+        return f"the {stage} stage was stopped by {name}{where}; {again}"
+    if message:
+        return message
+    said = [line.strip() for line in re.split(r"[\r\n]", stage_output(log)) if line.strip()]
+    if said and re.fullmatch(r"interrupted \((SIG[A-Z]+)\)", said[-1]):  # run_cli's line for SIGTERM, SIGHUP
+        return f"the {stage} stage was interrupted ({said[-1][13:-1]}){where}; {again}"
+    return f"the {stage} stage exited with status {code}{where} without an error message (its log: {log}); {again}"
 
 
 def progress_of(log: Path) -> Optional[dict]:
     """The last progress bar the running stage printed: done, total, rate (per second), unit, ETA, description."""
-    try:
-        with open(log, "rb") as handle:
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
-            tail = handle.read().decode(errors="replace")
-    except OSError:
-        return None
+    tail = stage_output(log, 4096)
     matches = list(_BAR.finditer(tail))
     if not matches:
         return None
@@ -134,6 +199,7 @@ class JobStore:
         self._lock = threading.Lock()
         self._procs: dict[str, subprocess.Popen] = {}
         self._stop_requested: set[str] = set()
+        self._unsaved: dict[str, Job] = {}  # final states whose record could not be written yet (a full disk)
         self._hold = self._hold_folder()
         self.recover()
 
@@ -176,18 +242,48 @@ class JobStore:
         return self.folder / f"{job_id}.log"
 
     def save(self, job: Job) -> None:
-        atomic_write_text(self._record(job.id), json.dumps(asdict(job), indent=1) + "\n")
+        """Write the job's record atomically: ioutil.WriteFailed (one line) on a full disk or a read-only folder,
+        the previous record intact."""
+        atomic_write_text(self._record(job.id), json.dumps(asdict(job), indent=1) + "\n", fix=STATE_FIX,
+                          what="the job record")
+        self._unsaved.pop(job.id, None)
+
+    def _save_final(self, job: Job) -> None:
+        """The record of a job that has ended: if it cannot be written now, the store keeps it in memory (shown,
+        and written at the next chance) rather than leave 'running' on disk, which would block every later job."""
+        for attempt in range(3):
+            try:
+                self.save(job)
+                return
+            except OSError:
+                time.sleep(0.2 * (attempt + 1))
+        self._unsaved[job.id] = job
+
+    def _flush_unsaved(self) -> None:
+        for job in list(self._unsaved.values()):
+            try:
+                self.save(job)
+            except OSError:
+                return  # still full: the next listing tries again
 
     def get(self, job_id: str) -> Optional[Job]:
-        if not re.fullmatch(r"[a-z0-9-]+", job_id):
+        if not isinstance(job_id, str) or not re.fullmatch(r"[a-z0-9-]{1,64}", job_id):
             return None
+        if job_id in self._unsaved:
+            return Job.from_dict(asdict(self._unsaved[job_id]))  # a copy: callers change what they get
         try:
-            return Job.from_dict(json.loads(self._record(job_id).read_text()))
-        except (OSError, ValueError, TypeError):
+            job = Job.from_dict(json.loads(self._record(job_id).read_text()))
+        except (OSError, ValueError, TypeError, KeyError, RecursionError):  # gone, or damaged: not a job
             return None
+        return job if job.id == job_id else None
 
     def all(self) -> list[Job]:
-        jobs = [self.get(p.stem) for p in self.folder.glob("*.json")]
+        self._flush_unsaved()
+        try:
+            names = {p.stem for p in self.folder.glob("*.json")} | set(self._unsaved)
+        except OSError:
+            names = set(self._unsaved)
+        jobs = [self.get(name) for name in names]
         return sorted((j for j in jobs if j is not None), key=lambda j: j.created, reverse=True)
 
     def view(self, job: Job) -> dict:
@@ -224,13 +320,35 @@ class JobStore:
         with self._lock:
             if len(self.running()) >= self.max_running:
                 raise Busy("a job is running: wait for it or stop it first (one at a time on this machine)")
-            if setup is not None:
-                setup()
             job = Job(f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}", kind, title, stages, outputs)
-            self.log_path(job.id).touch()
-            self.save(job)
+            self._create(job)  # first: a full disk is found before setup replaces an earlier layout
+            if setup is not None:
+                try:
+                    setup()
+                except BaseException as exc:
+                    self._discard(job)  # refused: no job, as if it had not been asked for
+                    if is_write_error(exc) and not isinstance(exc, UserError):
+                        raise write_failed(getattr(exc, "filename", None) or self.folder.parent, exc,
+                                           STATE_FIX, "the job's files") from None
+                    raise
         self._launch(job, on_done)
         return job
+
+    def _create(self, job: Job) -> None:
+        """The new job's log and record, or ioutil.WriteFailed with neither left behind."""
+        try:
+            self.log_path(job.id).touch()
+            self.save(job)
+        except OSError as exc:
+            self._discard(job)
+            raise write_failed(self.log_path(job.id), exc, STATE_FIX, "the job log") from None
+
+    def _discard(self, job: Job) -> None:
+        for path in (self._record(job.id), self.log_path(job.id)):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
 
     def resume(self, job_id: str, on_done: Optional[Callable[[Job], None]] = None) -> Job:
         with self._lock:
@@ -260,15 +378,26 @@ class JobStore:
                 if resuming and stage.name == "train":
                     argv = resume_training(argv)
                 resuming = False
+                if job.id in self._stop_requested:  # stopped between two stages, or before the first began
+                    self._stop_requested.discard(job.id)
+                    job.state, job.error = "stopped", f"stopped before {stage.name}"
+                    break
                 with open(log, "a") as out:
                     out.write(f"\n=== {stage.name}: {' '.join(argv)}\n")
                     out.flush()
                     proc = subprocess.Popen([self.python, *argv], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True,
                                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-                self._procs[job.id] = proc
+                with self._lock:  # a stop asked while the stage was starting is delivered now, not lost
+                    self._procs[job.id] = proc
+                    if job.id in self._stop_requested:
+                        _signal_group(proc, signal.SIGINT)
+                        threading.Thread(target=_escalate, args=(proc,), daemon=True).start()
                 job.pid, job.pid_started = proc.pid, _start_time(proc.pid)
-                self.save(job)
+                try:
+                    self.save(job)  # the pid, for a restarted app to stop an orphan: worth a try, never a reason
+                except OSError:  # to abandon a stage that runs (its final state is kept: _save_final)
+                    pass
                 code = proc.wait()
                 self._procs.pop(job.id, None)
                 if job.id in self._stop_requested:
@@ -276,22 +405,20 @@ class JobStore:
                     job.state, job.error = "stopped", f"stopped during {stage.name}"
                     break
                 if code != 0:
-                    job.state, job.error = "failed", last_error(log) or f"{stage.name} exited with {code}"
+                    job.state, job.error = "failed", stage_failure(stage.name, code, log, job.kind)
                     break
                 job.stage += 1
             else:
                 job.state = "done"
         except Exception as exc:  # the runner must always leave a final state behind
-            job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
+            if is_write_error(exc) and not isinstance(exc, UserError):
+                exc = write_failed(getattr(exc, "filename", None) or log, exc, STATE_FIX, "the job's log")
+            job.state = "failed"
+            job.error = str(exc).splitlines()[0] if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
         job.pid, job.pid_started, job.ended = None, None, time.time()
         self._procs.pop(job.id, None)
         self._stop_requested.discard(job.id)
-        for attempt in range(3):  # a full disk must not leave the job 'running' (every later job would be Busy)
-            try:
-                self.save(job)
-                break
-            except OSError:
-                time.sleep(1.0)
+        self._save_final(job)  # a full disk must not leave the job 'running' (every later job would be Busy)
         if on_done is not None and job.state == "done":
             on_done(job)
 
@@ -304,6 +431,9 @@ class JobStore:
             if proc is None or proc.poll() is not None:
                 job = self.get(job_id)
                 runner = any(t.name == f"job-{job_id}" and t.is_alive() for t in threading.enumerate())
+                if job is not None and job.state == "running" and runner and proc is None:
+                    self._stop_requested.add(job_id)  # its stage is starting: the runner delivers the stop
+                    return True
                 if job is not None and job.state == "running" and not runner:  # nothing runs it any more
                     job.state, job.error, job.ended, job.pid = "stopped", "stopped (its runner had ended)", \
                         time.time(), None
@@ -328,6 +458,13 @@ class JobStore:
                 return job
             time.sleep(0.1)
         raise TimeoutError(f"job {job_id} still running after {timeout} s")
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)
+    except OSError:  # already gone
+        pass
 
 
 def _escalate(proc: subprocess.Popen) -> None:
