@@ -693,10 +693,6 @@ def load_resume_state(cfg: Config, explicit: set[str]) -> tuple[Config, Optional
                         f"own weights (it started from {started}); drop --pretrained, or start a new run from it "
                         f"without --resume")
     merged = merge_resumed_config(stored, cfg, explicit | {"resume"})
-    if state["step"] >= merged.iters:
-        raise UserError(f"--resume={cfg.resume} has already trained {state['step']} steps, and --iters="
-                        f"{merged.iters}{'' if 'iters' in explicit else ' (its own)'} leaves nothing to do: pass "
-                        f"--iters=N with N > {state['step']} to train on")
     saved = state.get("distributed", {"world_size": 1, "global_batch": stored.batch_size})
     world = distributed.world_size()
     if "batch_size" not in explicit:
@@ -709,6 +705,10 @@ def load_resume_state(cfg: Config, explicit: set[str]) -> tuple[Config, Optional
     elif merged.batch_size * world != saved["global_batch"] and distributed.is_main():
         print(f"note: global batch {merged.batch_size * world} ({world} x --batch_size={merged.batch_size}) instead "
               f"of the checkpoint's {saved['global_batch']}: the run goes on, but not as it would have")
+    if state["step"] >= merged.iters:  # it said "resuming at step 20 of 10", then "done: 20 steps" and saved again
+        raise UserError(f"--resume={cfg.resume} has already trained {state['step']} steps, and --iters="
+                        f"{merged.iters}{'' if 'iters' in explicit else ' (its own)'} leaves nothing to do: pass "
+                        f"--iters=N with N > {state['step']} to train on")
     return merged, state
 
 

@@ -187,7 +187,8 @@ def test_resume_under_a_number_of_processes_that_does_not_divide_the_global_batc
     monkeypatch.setenv("LOCAL_RANK", "0")
     with pytest.raises(UserError, match="global batch of 3 .* which 2 processes cannot share equally"):
         load_resume_state(cfg.replace(resume="latest_toy"), explicit={"resume"})
-    resumed, _ = load_resume_state(cfg.replace(resume="latest_toy", batch_size=1), explicit={"resume", "batch_size"})
+    resumed, _ = load_resume_state(cfg.replace(resume="latest_toy", batch_size=1, iters=2),
+                                   explicit={"resume", "batch_size", "iters"})  # iters: a finished run has nothing to do
     assert resumed.batch_size == 1  # given again: a new global batch (2 x 1), said in a note
 
 
