@@ -36,6 +36,9 @@ from torch.nn.parallel import DistributedDataParallel
 from errors import UserError
 
 TIMEOUT_ENV = "FFP_DIST_TIMEOUT"
+# gloo instead of NCCL on CUDA: several processes may then share one GPU (NCCL refuses two ranks on one device), with
+# the collectives on the CPU.  For checks on a one-GPU machine (bench/device_check.py), not for training speed.
+BACKEND_ENV = "FFP_DIST_BACKEND"
 DEFAULT_TIMEOUT_S = 1800.0
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -75,6 +78,14 @@ def world_size() -> int:
 def local_rank() -> Optional[int]:
     """LOCAL_RANK under torchrun, None otherwise."""
     return _env_int("LOCAL_RANK", 0) if launched() else None
+
+
+def backend_override() -> Optional[str]:
+    """FFP_DIST_BACKEND (nccl or gloo) when set, else None (NCCL on CUDA, gloo on the CPU)."""
+    name = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if name and name not in ("nccl", "gloo"):
+        raise UserError(f"{BACKEND_ENV}={name} is not a backend: use nccl or gloo (or leave it unset)")
+    return name or None
 
 
 def local_world_size() -> int:
@@ -118,7 +129,7 @@ def init(device) -> None:
 
 
     device = torch.device(device) if isinstance(device, str) else device
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = backend_override() or ("nccl" if device.type == "cuda" else "gloo")
     if not dist.is_available():
         raise UserError("this torch build has no torch.distributed: install a build with distributed support")
     timeout = datetime.timedelta(seconds=timeout_seconds())

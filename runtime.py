@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from config import Config
-from distributed import local_rank, local_world_size
+from distributed import backend_override, local_rank, local_world_size
 from errors import STOP_SIGNALS, UserError
 
 
@@ -36,6 +36,8 @@ def resolve_device(name: str) -> torch.device:
         if device.index is not None and device.index != own and local_world_size() > 1:
             raise UserError(f"--device={name} under torchrun: each process uses cuda:LOCAL_RANK; pass --device=cuda "
                             f"or auto (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
+        if device.index is None and own >= torch.cuda.device_count() and backend_override() == "gloo":
+            own %= torch.cuda.device_count()  # gloo lets processes share a GPU (distributed.BACKEND_ENV)
         device = torch.device("cuda", own if device.index is None else device.index)
     return device
 
