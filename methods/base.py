@@ -31,7 +31,7 @@ from torch import nn
 import distributed
 from config import Config
 from errors import UserError
-from models import GENERATORS
+from models import GENERATORS, is_trainable
 from registry import Registry
 from runtime import autocast
 
@@ -188,6 +188,25 @@ class Method:
 
     def checkpoint_stem(self, kind: str) -> str:
         return self.checkpoint_names.get(kind, kind)
+
+
+def first_stage(name: str) -> tuple[str, str]:
+    """(method, stage) that trains the method ``name``: itself at the generator stage, or the method whose
+    ``stages`` lead to it (MAMA's destroyer: f2lm at --stage=destroyer)."""
+    for base, method in METHODS.items():
+        for stage, target in method.stages.items():
+            if target == name:
+                return base, stage
+    return name, "generator"
+
+
+def trainable_generator(method: str, cfg: Config) -> str:
+    """The first registered generator with weights (baselines have none) that serves ``method``, built at ``cfg``'s
+    size to find out."""
+    for model in GENERATORS:
+        if GENERATORS.info(model)["method"] == method and is_trainable(GENERATORS.get(model)(cfg.replace(model=model))):
+            return model
+    raise UserError(f"no trainable generator serves method {method}")
 
 
 def method_of_model(model: str) -> "Method":

@@ -8,39 +8,22 @@ import pytest
 import torch
 from torch import nn
 
+import config
 from cli import resolve
 from dataset import TestSet
 from engine import Trainer, load_resume_state, stage_two_config
 from evaluation import evaluate
-from methods import METHODS, Method
-from models import GENERATORS, is_trainable, register_generator
+from methods import METHODS, Method, first_stage, trainable_generator
+from models import GENERATORS, register_generator
 
 SMALL = ("data_root", "cache_dir", "weights_dir", "results_dir", "log_dir", "img_size", "base_channels", "batch_size",
          "val_interval", "save_interval", "log_interval", "tensorboard", "device")
 
 
-def first_stage(name: str) -> tuple[str, str]:
-    """(method, stage): ``name`` itself at the generator stage, or the method whose ``stages`` lead to it."""
-    for base, method in METHODS.items():
-        for stage, target in method.stages.items():
-            if target == name:
-                return base, stage
-    return name, "generator"
-
-
-def trainable_generator(method: str) -> str:
-    """A registered generator with weights that serves ``method`` (baselines have none)."""
-    import config
-    cfg = config.preset("toy").replace(img_size=32, base_channels=8, semantic="none", flownet="none")
-    for model in GENERATORS:
-        if GENERATORS.info(model)["method"] == method and is_trainable(GENERATORS.get(model)(cfg.replace(model=model))):
-            return model
-    raise AssertionError(f"no trainable generator serves method {method!r}")
-
-
 def config_for(name: str, small_cfg, iters: int):
     base, stage = first_stage(name)
-    model = trainable_generator(base)
+    model = trainable_generator(base, config.preset("toy").replace(img_size=32, base_channels=8, semantic="none",
+                                                                   flownet="none"))
     cfg = resolve({"dataset": "toy", "model": model, "semantic": "none"})
     cfg = cfg.replace(**{k: getattr(small_cfg, k) for k in SMALL}, iters=iters)
     if stage != "generator":  # a later stage starts from a checkpoint of the stage before it
