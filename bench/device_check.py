@@ -23,8 +23,8 @@ left is skipped, saying so.  What each section checks:
   one process's.
 - ``eval_detect``: eval.py and detect.py on the device (the marked video written and decoded); the AUC of the
   copy-last baseline on the device equal to the CPU's.
-- ``speed`` (not with --quick): steps/s at 256 px, width 64, batch 4, with and without the FlowNet2-SD flow loss,
-  evaluation frames/s and peak GPU memory, per precision, by bench/speed.py's own variants.
+- ``speed``: training steps/s at 256 px, width 64, batch 4 (--quick: 32 px, width 8), with and without the
+  FlowNet2-SD flow loss, evaluation frames/s and peak GPU memory, per precision (channels_last on).
 - ``ped2`` (with --data_root holding ped2/): train.py at 256 px for ``--ped2_steps`` with the Ped2 preset (the
   paper's size, width, losses and learning rates) except two choices of ours: no flow loss (no real flow weights
   travel, and random ones would teach nothing) and the learning rate divided by 10 at 80% of the steps (the paper's
@@ -69,6 +69,7 @@ if __name__ == "__main__" and missing_packages():
 from cli import resolve  # noqa: E402
 from engine import Trainer, load_resume_state, stage_two_config  # noqa: E402
 from methods import METHODS, first_stage, trainable_generator  # noqa: E402
+from runtime import autocast  # noqa: E402
 from toydata import ensure_toy_dataset  # noqa: E402
 
 AMPS = ("off", "bf16", "fp16")
@@ -157,11 +158,12 @@ class Setup:
 
     def base_config(self, model: str, name: str, **changes: Any):
         cfg = resolve({"dataset": "toy", "model": model, "semantic": "none", "flownet": "none"})
-        return cfg.replace(data_root=str(self.data_root), cache_dir=str(self.work / "cache"),
-                           weights_dir=str(self.work / "weights" / name), results_dir=str(self.work / "results"),
-                           log_dir=str(self.work / "logs" / name), img_size=self.size, base_channels=self.width,
-                           batch_size=4, val_interval=0, save_interval=0, log_interval=0, tensorboard=False,
-                           device=self.args.device, **{"iters": self.args.steps, **changes})
+        settings = dict(data_root=str(self.data_root), cache_dir=str(self.work / "cache"),
+                        weights_dir=str(self.work / "weights" / name), results_dir=str(self.work / "results"),
+                        log_dir=str(self.work / "logs" / name), img_size=self.size, base_channels=self.width,
+                        batch_size=4, val_interval=0, save_interval=0, log_interval=0, tensorboard=False,
+                        device=self.args.device, iters=self.args.steps)
+        return cfg.replace(**{**settings, **changes})  # a section's own settings win
 
     def _random_flow_weights(self) -> dict[str, Path]:
         """FlowNet2-SD (official layout) and SPyNet state dicts of random weights: their cost does not depend on
@@ -416,13 +418,58 @@ def _count_frames(path: Path) -> int:
 
 
 def speed(setup: Setup) -> dict[str, Any]:
+    """Training steps/s (median-free: the mean over ``timed`` steps after ``warm`` of warm-up), evaluation frames/s
+    and peak device memory of FFP at 256 px, width 64, batch 4 (--quick: 32 px, width 8), with and without the
+    FlowNet2-SD flow loss, per precision, channels_last on; against the device's matmul rate of ``environment``."""
+    size, width = (32, 8) if setup.args.quick else (256, 64)
+    warm, timed = (1, 2) if setup.args.quick else (5, 30)
     rows = []
+    amps = ("off", "bf16") if setup.args.quick else AMPS  # fp16 on a CPU is emulated (slow); methods covers it
     for flow in ("none", "flownet2sd"):
-        run = _command([sys.executable, "bench/speed.py", "--img_size=256", "--base_channels=64", "--batch_size=4",
-                        f"--flownet={flow}", f"--weights_dir={setup.flow_weights['flownet2sd'].parent}",
-                        "--variants=plain,fp32,bf16,bf16nhwc,default", "--repeats=10"], timeout=400)
-        rows.append({"flow": flow, "rc": run["rc"], "seconds": run["seconds"], "output": run["stdout"][-1500:]})
-    return {"status": "ok" if all(r["rc"] == 0 for r in rows) else "failed", "rows": rows}
+        for amp in amps:
+            row: dict[str, Any] = {"flow": flow, "amp": amp, "img_size": size, "width": width, "batch": 4}
+            try:
+                extra = {"flownet": flow, "flownet_weights": str(setup.flow_weights[flow])} if flow != "none" else {}
+                cfg = setup.base_config("ffp", f"speed-{flow}-{amp}", amp=amp, channels_last="on", img_size=size,
+                                        base_channels=width, **extra)
+                row.update(_time_training(cfg, warm, timed))
+            except Exception as exc:  # e.g. out of memory: the row says so, the others run
+                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            rows.append(row)
+    failed = sum("error" in row for row in rows)
+    return {"status": "ok" if failed == 0 else f"{failed} failed", "rows": rows}
+
+
+def _time_training(cfg, warm: int, timed: int) -> dict[str, Any]:
+    trainer = Trainer(cfg, progress=False)
+    device = trainer.device
+    for _ in range(warm):
+        trainer.train_step(*trainer.next_clips())
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(timed):
+        trainer.train_step(*trainer.next_clips())
+    _sync(device)
+    steps_per_s = timed / (time.perf_counter() - start)
+    result = {"steps_per_s": steps_per_s}
+    if device.type == "cuda":
+        result["train_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    generator = trainer.eval_generator.eval()
+    batch = 4 * cfg.eval_batch_size if cfg.eval_batch_size else 32
+    x = torch.randn(batch, 3 * cfg.n_inputs, cfg.img_size, cfg.img_size, device=device)
+    x = x.to(memory_format=torch.channels_last) if trainer.channels_last else x
+    with torch.no_grad(), autocast(device, trainer.amp_dtype):
+        for _ in range(warm):
+            generator(x)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(timed):
+            generator(x)
+        _sync(device)
+    result["eval_frames_per_s"] = batch * timed / (time.perf_counter() - start)
+    return result
 
 
 def ped2(setup: Setup) -> dict[str, Any]:
@@ -462,13 +509,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="tiny sizes and a few steps (the CI's CPU run)")
-    parser.add_argument("--steps", type=int, default=0, help="training steps per cell (default 200, quick 2)")
+    parser.add_argument("--steps", type=int, default=0, help="training steps per cell (default 100, quick 2)")
     parser.add_argument("--data_root", default="", help="a folder holding ped2/ (prepared): runs the ped2 section")
-    parser.add_argument("--ped2_steps", type=int, default=3000)
+    parser.add_argument("--ped2_steps", type=int, default=2000)
     parser.add_argument("--budget_s", type=float, default=460.0, help="stop starting sections after this long")
     parser.add_argument("--sections", default="environment,methods,resume,distributed,eval_detect,speed,ped2")
     args = parser.parse_args(argv)
-    args.steps = args.steps or (2 if args.quick else 200)
+    args.steps = args.steps or (2 if args.quick else 100)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("error: --device=cuda but CUDA is not available here: run with --device=cpu --quick")
     deadline = time.monotonic() + args.budget_s
@@ -480,8 +527,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             ("resume", lambda: resume(setup), 5 if args.quick else 30),
             ("distributed", lambda: distributed_section(setup), 30 if args.quick else 60),
             ("eval_detect", lambda: eval_and_detect(setup), 30 if args.quick else 60)]
-    if not args.quick:
-        plan.append(("speed", lambda: speed(setup), 90))
+    plan.append(("speed", lambda: speed(setup), 10 if args.quick else 90))
     if args.data_root and (Path(args.data_root) / "ped2").is_dir() and not args.quick:
         plan.append(("ped2", lambda: ped2(setup), 120))
     for name, body, needs in plan:

@@ -27,7 +27,10 @@ def test_the_device_check_runs_every_section_on_the_cpu(tmp_path):
     report = json.loads((out / "device_check.json").read_text())
     sections = report["sections"]
     assert {name: s["status"] for name, s in sections.items()} == {
-        "environment": "ok", "methods": "ok", "resume": "ok", "distributed": "ok", "eval_detect": "ok"}
+        "environment": "ok", "methods": "ok", "resume": "ok", "distributed": "ok", "eval_detect": "ok", "speed": "ok"}
+    assert {(r["flow"], r["amp"]) for r in sections["speed"]["rows"]} == {
+        (f, a) for f in ("none", "flownet2sd") for a in ("off", "bf16")}  # --quick: fp16 only in the methods grid
+    assert all(r["steps_per_s"] > 0 and r["eval_frames_per_s"] > 0 for r in sections["speed"]["rows"])
     grid = [r for r in sections["methods"]["rows"] if "flow" not in r]
     assert {(r["method"], r["amp"], r["channels_last"]) for r in grid} == {
         (m, a, c) for m in METHODS.names() for a in ("off", "bf16", "fp16") for c in ("off", "on")}
