@@ -16,10 +16,9 @@ disk (``ioutil.WriteFailed``), not torch's words.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, BinaryIO, Mapping, Optional
-
-import math
 
 import torch
 from torch import nn
@@ -112,7 +111,7 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
 
 def metadata_problem(payload: Mapping[str, Any]) -> str:
     """What is wrong with the checkpoint's metadata and config, in words, or '' (types only: values of the config
-    are checked against its settings when it is rebuilt, see :func:`checked_config`)."""
+    are checked against its settings by config.config_from_dict)."""
     for key in _INT_FIELDS:
         value = payload.get(key, 0)
         if not isinstance(value, int) or isinstance(value, bool):

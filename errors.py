@@ -24,7 +24,9 @@ class UserError(Exception):
     """Bad input the user can fix: the message names the thing and what to do. Printed as one line, exit 2."""
 
 
-# The errors of a write that the user can fix (space, permissions, a mount, a folder removed meanwhile).
+# The errors of a write that the user can fix (space, permissions, a mount, a folder removed meanwhile); the first
+# three are a lack of space (free some, or write elsewhere).
+SPACE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, name))
 WRITE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM",
                                                           "ENOENT", "ENOTDIR") if hasattr(errno, name))
 
@@ -75,8 +77,7 @@ def write_reason(path: Path | str, exc: BaseException) -> str:
 def write_fix(exc: BaseException, fix: str) -> str:
     """What to do: the caller's ``fix`` (e.g. 'choose another --results_dir'), led by 'free some space' on a full
     disk (and nothing about space on a read-only mount or a refused permission)."""
-    code = getattr(exc, "errno", None)
-    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), getattr(errno, "EFBIG", -1)):
+    if getattr(exc, "errno", None) in SPACE_ERRNOS:
         return f"free some space or {fix}"
     return fix
 

@@ -31,7 +31,7 @@ from autotune import inference_settings
 from calibration import Calibration, benchmark_rates, calibration_path, file_sha256
 from checkpoint import (architecture_conflicts, load_networks, read_for_scoring, resolve_checkpoint,
                         selection_rule)
-from cli import parse_command_line
+from cli import check_names, parse_command_line
 from config import NON_NEGATIVE, Config, Flag, Range, fields_of
 from dataset import TestSet, TrainClips, VideoSet, evenly_spaced, to_model_range
 from errors import UserError, run_cli
@@ -42,7 +42,6 @@ from methods import method_for
 from models import build_generator, is_trainable
 from models.quantize import quantize_int8
 from runtime import configure_threads, resolve_device
-from scores import frame_score
 
 # Flags that may differ from the checkpoint's config at evaluation time (data location, hardware, outputs): the
 # fields of kind "eval_override" in config.py.
@@ -144,11 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if writes and "results_dir" in explicit:  # before the model loads; without the flag the checkpoint's is used
         ensure_writable_dir(cfg.results_dir, "results folder", RESULTS_FIX)
     cfg, generator, discriminator, run, described = load_model(cfg, explicit)
-    frame_score(cfg.score)  # an unknown --score is one line before anything runs
+    check_names(cfg)  # again on the checkpoint's config: its --model decides whether --score applies
     if cfg.score != "psnr":
-        if not method_for(cfg).scores_by_psnr:
-            raise UserError(f"--score={cfg.score} is a frame score of prediction methods (scores.py); --model="
-                            f"{cfg.model} has its own score: drop --score")
         run += f"_{cfg.score}"  # beside the PSNR results of the same checkpoint, not over them
     if writes:  # the run folder write_results fills, proven writable before any frame is predicted
         ensure_writable_dir(Path(cfg.results_dir) / (f"{run}_int8" if quantize == "int8" else run),

@@ -232,13 +232,13 @@ def pyplot():
     return plt
 
 
-def save_figure(figure, path: Path, fix: str = "choose another folder") -> None:
+def save_figure(figure, path: Path) -> None:
     plt = pyplot()
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
-    with atomic_path(path, suffix=".png", fix=fix) as tmp:
+    with atomic_path(path, suffix=".png") as tmp:
         tmp.write_bytes(buffer.getvalue())
 
 

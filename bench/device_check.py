@@ -71,6 +71,7 @@ from engine import Trainer, load_resume_state, stage_two_config  # noqa: E402
 from methods import METHODS, first_stage, trainable_generator  # noqa: E402
 from runtime import autocast  # noqa: E402
 from toydata import ensure_toy_dataset  # noqa: E402
+from video_io import count_frames  # noqa: E402
 
 AMPS = ("off", "bf16", "fp16")
 PROGRESS = re.compile(r"\d+/\d+ \[|\d+%\|")
@@ -403,18 +404,12 @@ def eval_and_detect(setup: Setup) -> dict[str, Any]:
     detected = _command([sys.executable, "detect.py", f"--video={video}", f"--trained_model={checkpoint}",
                          f"--output={out}", f"--device={setup.args.device}", "--progress=false"])
     marked = out / "annotated.mp4"
-    frames = _count_frames(marked) if marked.exists() else 0
+    frames = count_frames(marked) if marked.exists() else 0
     rows.append({"what": "detect.py", "rc": detected["rc"], "seconds": detected["seconds"],
                  "result": f"annotated.mp4: {frames} frames" if frames else detected["tail"][-160:]})
     same = len(set(baseline.values())) == 1 and None not in baseline.values()
     ok = all(r["rc"] == 0 for r in rows) and frames > 0 and same
     return {"status": "ok" if ok else "failed", "rows": rows, "copylast_same_on_cpu": same}
-
-
-def _count_frames(path: Path) -> int:
-    import av
-    with av.open(str(path)) as container:
-        return sum(1 for _ in container.decode(video=0))
 
 
 def speed(setup: Setup) -> dict[str, Any]:
