@@ -61,7 +61,7 @@ def check_flags(args: argparse.Namespace) -> None:
 
 
 def settings_from(args: argparse.Namespace):
-    check_flags(args)  # before any folder is created
+    """The app's settings from flags already checked (check_flags, in main, before the port is bound)."""
     from webapp.server import Settings
     media = []
     for folder in args.media:

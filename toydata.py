@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from errors import UserError, write_failed
+from video_io import write_image
 
 TOY_SEED = 2018
 TOY_VERSION = 2  # bump when the generator changes: older generated folders are then rebuilt
@@ -132,15 +133,6 @@ def _intervals(labels: np.ndarray) -> np.ndarray:
     return np.stack([change[0::2] + 1, change[1::2]]).astype(np.float64)
 
 
-def _write_jpeg(path: Path, frame: np.ndarray) -> None:
-    """Encoded in memory and written by Python, so a full disk is an OSError with its errno (cv2.imwrite only
-    returns False, and a frame it failed to write would be missing without a word)."""
-    ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
-    if not ok:
-        raise RuntimeError(f"OpenCV could not encode toy frame {path}")
-    path.write_bytes(data.tobytes())
-
-
 def generate(root: Path, seed: int = TOY_SEED) -> None:
     """Write <root>/{training,testing}/frames/NN/NNN.jpg and <root>/toy.mat."""
     import scipy.io  # deferred: only the toy labels' .mat file needs scipy
@@ -155,7 +147,7 @@ def generate(root: Path, seed: int = TOY_SEED) -> None:
             folder = root / split / "frames" / f"{v + 1:02d}"
             folder.mkdir(parents=True)
             for t, frame in enumerate(frames):
-                _write_jpeg(folder / f"{t:03d}.jpg", frame)
+                write_image(folder / f"{t:03d}.jpg", frame)  # a full disk keeps its errno
             if split == "testing":
                 gt[0, v] = _intervals(labels)
     with open(root / "toy.mat", "wb") as handle:  # a file object: errors keep their errno

@@ -125,6 +125,16 @@ def png_is_complete(data: bytes) -> bool:
     return False
 
 
+def write_image(path: Path, image: np.ndarray, image_format: str = "jpg", jpeg_quality: int = 95) -> None:
+    """A frame file written by Python after encoding in memory: a failed write is an OSError with its errno (a full
+    disk, a read-only folder), which the caller words in one line; cv2.imwrite would only return False."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if image_format == "jpg" else []
+    ok, data = cv2.imencode(f".{image_format}", image, params)
+    if not ok:
+        raise UserError(f"OpenCV cannot encode frame {path.name} of {path.parent} as {image_format}")
+    path.write_bytes(data.tobytes())
+
+
 def read_image(path: Path) -> np.ndarray:
     """A frame file as BGR uint8 (H, W, 3) (grey images come out with three equal channels).
 

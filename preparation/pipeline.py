@@ -58,7 +58,7 @@ from ioutil import atomic_path, ensure_writable_dir
 from labels import (PIXEL_MASKS, frame_labels_from_masks, load_labels, load_npy, load_pixel_masks,
                     pixel_mask_path, read_label_file, write_ano_pred_mat, write_frame_mask_folder)
 from registry import Registry
-from video_io import read_image
+from video_io import read_image, write_image
 
 SPLITS = ("training", "testing")
 MANIFEST = PREPARED_MANIFEST  # the loader checks a video's frame count against it (dataset.check_frame_numbering)
@@ -409,7 +409,7 @@ def _extract(src: Path, dataset: str, target: Path, stamp: str) -> None:
     except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)  # first: the free space the message gives counts its room
         error = exc
-        if isinstance(exc, OSError) and is_write_error(exc):
+        if is_write_error(exc):
             error = write_failed(target, exc, "extract it yourself elsewhere and pass the folder, or choose another "
                                  "--data_root", "extracted archive")
         elif isinstance(exc, (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError)):
@@ -469,16 +469,6 @@ def video_state(job: VideoJob, split_dir: Path, opts: Options) -> str:
     if manifest.get("frames") == count and manifest.get("fingerprint") == _fingerprint(job, opts):
         return "done"
     return "todo"
-
-
-def _write_image(path: Path, image: np.ndarray, opts: Options) -> None:
-    """Encoded in memory, written by Python: a failed write is an OSError with its errno (full disk, read-only),
-    which :func:`prepare_video` words in one line; cv2.imwrite would only return False."""
-    params = [cv2.IMWRITE_JPEG_QUALITY, opts.jpeg_quality] if opts.image_format == "jpg" else []
-    ok, data = cv2.imencode(f".{opts.image_format}", image, params)
-    if not ok:
-        raise UserError(f"OpenCV cannot encode frame {path.name} of {path.parent} as {opts.image_format}")
-    path.write_bytes(data.tobytes())
 
 
 def _place_file(src: Path, dst: Path, mode: str) -> None:
@@ -545,7 +535,8 @@ def _write_frames(job: VideoJob, folder: Path, dataset: str, opts: Options, stop
         elif image.shape != size:
             raise UserError(f"{job.source}: frame {count} is {image.shape[1]}x{image.shape[0]} but the first frame "
                             f"is {size[1]}x{size[0]}: a video's frames must all have one size")
-        _write_image(folder / frame_file_name(count, digits, opts.image_format), image, opts)
+        write_image(folder / frame_file_name(count, digits, opts.image_format), image, opts.image_format,
+                    opts.jpeg_quality)
         count += 1
     return count
 
@@ -593,7 +584,7 @@ def prepare_video(job: VideoJob, dataset: str, opts: Options, stop: threading.Ev
             os.replace(partial, final)
     except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
-        if isinstance(exc, OSError) and is_write_error(exc):
+        if is_write_error(exc):
             raise write_failed(final, exc, DATA_ROOT_FIX, f"{job.split} video") from None
         raise
     return VideoResult(job, count, "written")
@@ -627,7 +618,7 @@ def prepare_mask(job: MaskJob, dataset: str, opts: Options, stop: threading.Even
             os.replace(tmp, path)
         except BaseException as exc:  # a copy cut short by a full disk: no half file under either name
             _remove_quietly(tmp)
-            if isinstance(exc, OSError) and is_write_error(exc):
+            if is_write_error(exc):
                 raise write_failed(path, exc, DATA_ROOT_FIX, "pixel mask") from None
             raise
         return "linked"

@@ -376,13 +376,13 @@ def test_a_toy_set_of_an_older_generator_is_regenerated_saying_so(tmp_path, fast
 def test_the_toy_set_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     calls = []
 
-    def fail_after_50(path, frame):
+    def fail_after_50(path, frame, *_):
         calls.append(path)
         if len(calls) > 50:
             enospc()
         path.write_bytes(b"frame")
 
-    monkeypatch.setattr(toydata, "_write_jpeg", fail_after_50)
+    monkeypatch.setattr(toydata, "write_image", fail_after_50)
     root = tmp_path / "data"
     with pytest.raises(WriteFailed, match=r"^cannot write toy dataset .*data/toy \(the disk is full: .* free "
                                           r"there\): free some space or choose another --data_root$"):

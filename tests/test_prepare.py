@@ -360,16 +360,16 @@ def test_interval_file_errors_name_the_line(tmp_path):
 def test_interrupted_run_resumes_without_redoing_finished_videos(tmp_path, monkeypatch):
     truth = make_ucsd(tmp_path / "src")
     root = tmp_path / "data"
-    real_write = pipeline._write_image
+    real_write = pipeline.write_image
     calls = []
 
-    def crash_at_call_10(path, image, options):
+    def crash_at_call_10(path, image, *args):
         calls.append(path)
         if len(calls) == 10:  # inside the third video (4 + 3 frames before it)
             raise KeyboardInterrupt
-        real_write(path, image, options)
+        real_write(path, image, *args)
 
-    monkeypatch.setattr(pipeline, "_write_image", crash_at_call_10)
+    monkeypatch.setattr(pipeline, "write_image", crash_at_call_10)
     with pytest.raises(KeyboardInterrupt):
         prepare("ped2", [tmp_path / "src"], opts(root, workers=1))
     train = root / "ped2" / "training" / "frames"
@@ -378,7 +378,7 @@ def test_interrupted_run_resumes_without_redoing_finished_videos(tmp_path, monke
     (train / ".partial-03").mkdir()
     (train / ".partial-03" / "000.png").write_bytes(b"half")
     calls.clear()
-    monkeypatch.setattr(pipeline, "_write_image", lambda p, i, o: (calls.append(p), real_write(p, i, o)))
+    monkeypatch.setattr(pipeline, "write_image", lambda p, i, *a: (calls.append(p), real_write(p, i, *a)))
     summary = prepare("ped2", [tmp_path / "src"], opts(root, workers=2))
     assert len(calls) == sum(UCSD_TEST) and summary.written == 3  # only the test videos were written
     assert sorted(p.name for p in train.iterdir()) == ["01", "02"]

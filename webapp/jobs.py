@@ -48,6 +48,7 @@ _BAR = re.compile(r"(?:(?P<desc>[^\r\n|]*?):\s+)?(?P<pct>\d+)%\|[^|]*\|\s*(?P<n>
 _HEADER = re.compile(r"(?:^|\n)=== [^\n]*(?:\n|$)")  # the line the runner writes before each stage
 FINAL = ("done", "failed", "stopped", "interrupted")
 STATES = ("running", *FINAL)
+JOB_ID = re.compile(r"[a-z0-9-]{1,64}")  # a job id: its start time, then random hex (JobStore.start)
 STATE_FIX = "restart app.py with another --state_dir"  # what to do when the state folder cannot be written
 CRASH_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGILL", "SIGFPE")
 STOP_GRACE_S = 20.0  # after the stop button's SIGINT, seconds before SIGTERM (and as many again before SIGKILL)
@@ -267,7 +268,7 @@ class JobStore:
                 return  # still full: the next listing tries again
 
     def get(self, job_id: str) -> Optional[Job]:
-        if not isinstance(job_id, str) or not re.fullmatch(r"[a-z0-9-]{1,64}", job_id):
+        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
             return None
         if job_id in self._unsaved:
             return Job.from_dict(asdict(self._unsaved[job_id]))  # a copy: callers change what they get
@@ -327,7 +328,7 @@ class JobStore:
                     setup()
                 except BaseException as exc:
                     self._discard(job)  # refused: no job, as if it had not been asked for
-                    if is_write_error(exc) and not isinstance(exc, UserError):
+                    if is_write_error(exc):  # write_failed keeps a WriteFailed as it is
                         raise write_failed(getattr(exc, "filename", None) or self.folder.parent, exc,
                                            STATE_FIX, "the job's files") from None
                     raise
@@ -411,7 +412,7 @@ class JobStore:
             else:
                 job.state = "done"
         except Exception as exc:  # the runner must always leave a final state behind
-            if is_write_error(exc) and not isinstance(exc, UserError):
+            if is_write_error(exc):  # write_failed keeps a WriteFailed as it is
                 exc = write_failed(getattr(exc, "filename", None) or log, exc, STATE_FIX, "the job's log")
             job.state = "failed"
             job.error = str(exc).splitlines()[0] if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"

@@ -25,7 +25,6 @@ uvicorn, pydantic) instead of Gradio's hundred, and nothing in the page comes fr
 from __future__ import annotations
 
 import csv
-import errno
 import fnmatch
 import io
 import json
@@ -48,21 +47,19 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
-from errors import UserError
+from errors import SPACE_ERRNOS, UserError
 from ioutil import WriteFailed, ensure_writable_dir, is_write_error, write_failed
 
 from webapp.files import (CHECKPOINT_EXTENSIONS, VIDEO_EXTENSIONS, Refused, check_name, confined_file, cut_name,
                           inside, inside_any, json_type, listing, plain_name, read_confined, real_path,
                           receive_upload, safe_name, shown, unique_stamp)
-from webapp.jobs import STATE_FIX, Busy, JobStore, Stage
+from webapp.jobs import JOB_ID, STATE_FIX, Busy, JobStore, Stage
 
 STATIC = Path(__file__).resolve().parent / "static"
 REPO = STATIC.parents[1]  # where the jobs run, so where a relative --log_dir of theirs lies
 RESULT_FILES = ("annotated.mp4", "scores.csv", "events.json", "summary.json", "scores.png", "metrics.json",
                 "roc.png", "config.json")
-SPACE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, name))
 MAX_FOOTAGE = 200  # videos in one adapt request
-JOB_ID = re.compile(r"[a-z0-9-]{1,64}")  # what JobStore's ids look like (time, then random hex)
 RUN_PART_BYTES = 60  # of the video's and the checkpoint's names in a run folder's name (detect.py allows 200)
 log = logging.getLogger("webapp")
 
