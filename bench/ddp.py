@@ -23,15 +23,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def worker(args) -> None:
     import torch
 
-    import distributed
-    from config import preset
-    from engine import Trainer
+    from ffpvad.training import distributed
+    from ffpvad.config import preset
+    from ffpvad.training.engine import Trainer
 
     torch.set_num_threads(args.threads)
     cfg = preset("toy").replace(

@@ -50,7 +50,6 @@ from typing import Any, Callable, Optional
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 # What the project's modules import at their top (and detect's video reader), checked before they are imported: on
 # a lent machine that lacks one, the report says which to carry (tools/pack_device.py --wheels), not a traceback.
 NEEDED = {"numpy": "numpy", "cv2": "opencv-python-headless", "av": "av", "tqdm": "tqdm", "sklearn": "scikit-learn",
@@ -66,12 +65,12 @@ if __name__ == "__main__" and missing_packages():
     sys.exit(f"error: this machine lacks {', '.join(missing_packages())}: carry them as wheels "
              f"(tools/pack_device.py --wheels=...) and install them before the check")
 
-from cli import resolve  # noqa: E402
-from engine import Trainer, load_resume_state, stage_two_config  # noqa: E402
-from methods import METHODS, first_stage, trainable_generator  # noqa: E402
-from runtime import autocast  # noqa: E402
-from toydata import ensure_toy_dataset  # noqa: E402
-from video_io import count_frames  # noqa: E402
+from ffpvad.cli import resolve
+from ffpvad.training.engine import Trainer, load_resume_state, stage_two_config
+from ffpvad.methods import METHODS, first_stage, trainable_generator
+from ffpvad.runtime import autocast
+from ffpvad.data.toydata import ensure_toy_dataset
+from ffpvad.data.video_io import count_frames
 
 AMPS = ("off", "bf16", "fp16")
 PROGRESS = re.compile(r"\d+/\d+ \[|\d+%\|")
@@ -94,7 +93,7 @@ class Report:
         self.write()
 
     def write(self) -> None:
-        from ioutil import atomic_write_text
+        from ffpvad.ioutil import atomic_write_text
         atomic_write_text(self.out / "device_check.json", json.dumps(self.data, indent=1, default=str) + "\n")
         atomic_write_text(self.out / "device_check.md", self.markdown())
 
@@ -169,8 +168,8 @@ class Setup:
     def _random_flow_weights(self) -> dict[str, Path]:
         """FlowNet2-SD (official layout) and SPyNet state dicts of random weights: their cost does not depend on
         the values, so the CUDA path of the flow loss runs without the real files."""
-        from flownet.flownet2sd import FlowNet2SD
-        from flownet.spynet import SpyNet
+        from ffpvad.flow.flownet2sd import FlowNet2SD
+        from ffpvad.flow.spynet import SpyNet
 
         folder = self.work / "flow"
         folder.mkdir(parents=True, exist_ok=True)
@@ -479,7 +478,7 @@ def ped2(setup: Setup) -> dict[str, Any]:
     trained = _command([sys.executable, "train.py", *flags], timeout=max(60, setup.args.budget_s))
     rows = [{"what": f"train.py ped2 256 px, {steps} steps", "rc": trained["rc"], "seconds": trained["seconds"],
              "result": trained["tail"][-200:]}]
-    from engine import CurveLog
+    from ffpvad.training.engine import CurveLog
     curve = {}
     for line in CurveLog.read_lines(work / "logs" / "ped2_bs4" / "curves.csv"):
         step, name, value = line.strip().split(",")

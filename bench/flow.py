@@ -12,7 +12,6 @@ Estimators whose weights are not in --weights_dir are listed as not available, n
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -20,12 +19,11 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config import preset  # noqa: E402
-from errors import UserError  # noqa: E402
-from flownet import build_flownet  # noqa: E402
-from flownet.spynet import backward_warp  # noqa: E402
+from ffpvad.config import preset
+from ffpvad.errors import UserError
+from ffpvad.flow import build_flownet
+from ffpvad.flow.spynet import backward_warp
 
 
 def texture(size: int, seed: int) -> np.ndarray:

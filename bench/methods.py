@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import resolve  # noqa: E402
-from errors import run_cli  # noqa: E402
+from ffpvad.cli import resolve
+from ffpvad.errors import run_cli
 
 
 def time_steps(trainer, repeats: int) -> tuple[float, float]:
@@ -51,8 +49,8 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from checkpoint import save_checkpoint
-    from engine import Trainer
+    from ffpvad.checkpoint import save_checkpoint
+    from ffpvad.training.engine import Trainer
 
     work = Path(tempfile.mkdtemp(prefix="bench_methods_"))
     common = dict(dataset="toy", img_size=args.img_size, base_channels=args.base_channels,

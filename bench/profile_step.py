@@ -10,16 +10,14 @@ backward), batch norm, precision casts and copies (bf16 <-> fp32, layout changes
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.speed import build_discriminator, build_generator, make_step  # noqa: E402
-from config import preset  # noqa: E402
+from bench.speed import build_discriminator, build_generator, make_step
+from ffpvad.config import preset
 
 KINDS = (("convolution", ("conv",)), ("batch norm", ("batch_norm",)),
          ("casts and copies", ("copy_", "_to_copy", "to_dense", "contiguous", "clone")),

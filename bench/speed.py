@@ -9,9 +9,9 @@ Variants (each on synthetic frames, after warm-up, median of --repeats timed ste
 - bf16:     as fp32 with bf16 autocast;
 - nhwc:     as fp32 with channels_last;
 - bf16nhwc: both;
-- default:  what train.py and eval.py pick with --amp=auto --channels_last=auto on this machine (autotune.py:
+- default:  what train.py and eval.py pick with --amp=auto --channels_last=auto on this machine (ffpvad/training/autotune.py:
             measured once per machine and size, cached; its choice is printed, for training and evaluation apart);
-- int8:     trains as bf16nhwc; evaluates an int8 copy of the generator (eval.py --quantize=int8, models/quantize.py),
+- int8:     trains as bf16nhwc; evaluates an int8 copy of the generator (eval.py --quantize=int8, ffpvad/models/quantize.py),
             calibrated on 8 random clips (the cost does not depend on the values; its AUC is measured by eval.py).
 Ratios are against plain.  Each variant runs in its own process, so its peak RSS (resident memory, the torch
 libraries included) is its own.  In the bf16 variants the frozen flow network keeps its weights in bf16, as the
@@ -34,16 +34,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import losses  # noqa: E402
-from config import preset  # noqa: E402
-from flownet.flownet2sd import FlowNet2SD  # noqa: E402
-from flownet import build_flownet, freeze, store_weights_in  # noqa: E402
-from errors import UserError  # noqa: E402
-from metrics import psnr  # noqa: E402
-from models import build_discriminator, build_generator  # noqa: E402
-from runtime import autocast  # noqa: E402
+from ffpvad import losses
+from ffpvad.config import preset
+from ffpvad.flow.flownet2sd import FlowNet2SD
+from ffpvad.flow import build_flownet, freeze, store_weights_in
+from ffpvad.errors import UserError
+from ffpvad.evaluation.metrics import psnr
+from ffpvad.models import build_discriminator, build_generator
+from ffpvad.runtime import autocast
 
 
 def peak_rss_gib() -> float:
@@ -152,8 +151,8 @@ def default_choice(cfg, batch: int, eval_batch: int) -> tuple:
     """(training (amp, nhwc), evaluation (amp, nhwc)) that --amp=auto --channels_last=auto give on this machine."""
     import copy
 
-    from autotune import inference_compute, resolve_compute, sample_inputs, training_step
-    from methods import method_for
+    from ffpvad.training.autotune import inference_compute, resolve_compute, sample_inputs, training_step
+    from ffpvad.methods import method_for
 
     method = method_for(cfg)
     G, D = build_generator(cfg), build_discriminator(cfg)
@@ -175,7 +174,7 @@ def run_variant(args, variant: str) -> dict:
     if variant == "default":
         (amp, nhwc), (eval_amp, eval_nhwc) = default_choice(cfg.replace(flownet="none"), args.batch_size,
                                                             args.eval_batch_size)
-        from autotune import describe
+        from ffpvad.training.autotune import describe
         chosen = f"training {describe((amp, nhwc))}, evaluation {describe((eval_amp, eval_nhwc))}"
     flow = None
     if args.flownet != "none":
@@ -206,7 +205,7 @@ def run_variant(args, variant: str) -> dict:
         times.append(time.perf_counter() - start)
     batch = 1 if variant == "plain" else args.eval_batch_size
     if variant == "int8":
-        from models.quantize import quantize_int8
+        from ffpvad.models.quantize import quantize_int8
         calibration = [torch.rand(2, 3 * cfg.n_inputs, args.img_size, args.img_size) * 2 - 1 for _ in range(4)]
         G, eval_amp, eval_nhwc = quantize_int8(G, calibration, cfg.model), None, False
     G = G.to(memory_format=torch.channels_last if eval_nhwc else torch.contiguous_format)
@@ -252,7 +251,7 @@ def measure(args, forwarded_args: list[str]) -> dict:
     cfg = preset("ped2").replace(img_size=args.img_size, base_channels=args.base_channels, model=args.model)
     gflop = generator_gflop_per_frame(cfg)
     train_gflop = step_gflop(cfg, args.batch_size)
-    from autotune import cpu_model
+    from ffpvad.training.autotune import cpu_model
     print(f"{cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{args.img_size}x{args.img_size}, "
           f"batch {args.batch_size}, {args.model} base width {args.base_channels}, flow {args.flownet}; "
@@ -296,7 +295,7 @@ README_SIZES = ((128, 32), (256, 64))  # the ped2_cpu recipe's size and width, a
 def readme_table(args) -> None:
     """README's Speed table: plain fp32 against the default (measured auto) at the recipe's and the paper's size,
     each pair in one run of its own processes, with the CPU named and the share of the matmul rate reached."""
-    from autotune import cpu_model
+    from ffpvad.training.autotune import cpu_model
     lines = []
     for size, width in README_SIZES:
         args.img_size, args.base_channels, args.variants = size, width, "fp32,default"

@@ -1,14 +1,18 @@
 """Shared fixtures: a generated toy dataset, small configurations, and the optional ../shared data."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+import subprocess
+import types
+from typing import Optional
 
 # The test networks are tiny: one thread is fastest for them, and two-thread OpenMP pools stall badly when the CPU is
 # shared with another job (measured: the suite took over 20 minutes beside a training run, 2 minutes with this).
 # Set before torch is imported; subprocesses (train.py, torchrun) inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# --amp/--channels_last auto by the flag rule, not by timing (autotune.py): the suite's numbers must not depend on
+# --amp/--channels_last auto by the flag rule, not by timing (ffpvad/training/autotune.py): the suite's numbers must not depend on
 # what the machine measures while it is busy; tests/test_autotune.py turns measuring on where it tests it.
 os.environ["FFP_AUTOTUNE"] = "off"
 from pathlib import Path
@@ -16,15 +20,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 
-from config import preset  # noqa: E402
+
+def load_tool(name: str) -> types.ModuleType:
+    """A script of tools/ as a module (tools/ is scripts, not a package: it is loaded from its file, and kept in
+    sys.modules under its own name so that a tool importing its neighbour by name finds it)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+from ffpvad.config import preset
 
 
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory) -> Path:
-    from toydata import ensure_toy_dataset
+    from ffpvad.data.toydata import ensure_toy_dataset
     root = tmp_path_factory.mktemp("data")
     ensure_toy_dataset(root)
     return root
@@ -65,3 +80,37 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"../shared not present: {path} is missing, so this check of the real data did not run")
     return path
+
+
+# Tests never write into the working tree: every file a test makes goes under tmp_path.  The files git does not track
+# (ignored ones included: tensorboard_log/, results/, ...) are listed before and after the session; a new one fails
+# the run and is named.
+def _untracked_files() -> set[str] | None:
+    try:
+        listed = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "-z"],
+                                cwd=ROOT, capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if listed.returncode:
+        return None
+    names = {entry[3:] for entry in listed.stdout.decode().split("\0") if entry[:2] in ("??", "!!")}
+    return {n for n in names if "__pycache__/" not in n and not n.startswith(".venv/")}
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_TREE_KEY] = _untracked_files()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = session.config.stash.get(_TREE_KEY, None)
+    after = _untracked_files() if before is not None else None
+    if before is None or after is None:
+        print("\nnote: not a git checkout: the check that tests write nothing into the working tree did not run")
+        return
+    written = sorted(after - before)
+    if written:
+        print(f"\nFAILED: the tests wrote {len(written)} file(s) into the working tree: {', '.join(written[:10])}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_TREE_KEY = pytest.StashKey[Optional[set]]()

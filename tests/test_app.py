@@ -15,9 +15,9 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from webapp.files import Refused, inside, listing  # noqa: E402
-from webapp.jobs import Busy, InUse, JobStore, Stage, _start_time, progress_of, resume_training  # noqa: E402
-from webapp.server import Settings, create_app  # noqa: E402
+from ffpvad.webapp.files import Refused, inside, listing  # noqa: E402
+from ffpvad.webapp.jobs import Busy, InUse, JobStore, Stage, _start_time, progress_of, resume_training  # noqa: E402
+from ffpvad.webapp.server import Settings, create_app  # noqa: E402
 
 
 # A plain ``python -c`` started from a shell's background job inherits SIGINT ignored (train.py and detect.py catch
@@ -91,7 +91,7 @@ def test_a_restarted_app_marks_a_job_cut_off_and_stops_its_orphan(tmp_path):
 
 
 def test_a_stage_that_ignores_sigint_is_terminated(store, monkeypatch):
-    import webapp.jobs
+    from ffpvad import webapp  # its submodules are loaded above
     monkeypatch.setattr(webapp.jobs, "STOP_GRACE_S", 0.5)
     job = store.start("detect", "t", [py("import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
                                          "print('sta' + 'rted', flush=True); time.sleep(60)")], {})
@@ -252,8 +252,8 @@ def test_a_second_job_is_refused_while_one_runs_and_changes_nothing(client):
 
 @pytest.fixture
 def checkpoint_bytes(small_cfg, tmp_path):
-    from checkpoint import save_checkpoint
-    from models import build_generator
+    from ffpvad.checkpoint import save_checkpoint
+    from ffpvad.models import build_generator
     cfg = small_cfg.replace(dataset="toy")
     path = tmp_path / "made.pth"
     save_checkpoint(path, {"step": 7, "generator": build_generator(cfg).state_dict(), "config": cfg.__dict__})

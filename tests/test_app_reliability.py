@@ -29,13 +29,13 @@ pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-import app as app_py  # noqa: E402
+from ffpvad.commands import app as app_py  # noqa: E402
 from conftest import ROOT  # noqa: E402
-from errors import UserError  # noqa: E402
-from ioutil import WriteFailed  # noqa: E402
-from webapp.files import check_name, listing, safe_name  # noqa: E402
-from webapp.jobs import JobStore, Stage  # noqa: E402
-from webapp.server import Settings, create_app  # noqa: E402
+from ffpvad.errors import UserError  # noqa: E402
+from ffpvad.ioutil import WriteFailed  # noqa: E402
+from ffpvad.webapp.files import check_name, listing, safe_name  # noqa: E402
+from ffpvad.webapp.jobs import JobStore, Stage  # noqa: E402
+from ffpvad.webapp.server import Settings, create_app  # noqa: E402
 
 DEFAULT_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.SIG_DFL); "
 BAR = "detecting:  40%|####      | 72/180 [00:01<00:02, 40.0frame/s]"
@@ -61,9 +61,9 @@ def one_line(response, status: int = 400, *words: str) -> str:
 @pytest.fixture(scope="module")
 def checkpoint_bytes(tmp_path_factory) -> bytes:
     """A small usable checkpoint, as tests/test_app.py builds one (no dataset needed to write it)."""
-    from checkpoint import save_checkpoint
-    from config import preset
-    from models import build_generator
+    from ffpvad.checkpoint import save_checkpoint
+    from ffpvad.config import preset
+    from ffpvad.models import build_generator
     cfg = preset("toy").replace(img_size=32, base_channels=8, dataset="toy", device="cpu")
     path = tmp_path_factory.mktemp("ckpt") / "made.pth"
     save_checkpoint(path, {"step": 7, "generator": build_generator(cfg).state_dict(), "config": cfg.__dict__})
@@ -591,7 +591,7 @@ def failing_writes(monkeypatch, folder: Path, code: int) -> dict:
     def fake_open(path, mode="r", *args, **kwargs):
         handle = real_open(path, mode, *args, **kwargs)
         return Failing(handle) if "w" in mode and folder in Path(path).parents else handle
-    import webapp.files
+    from ffpvad import webapp  # its submodules are loaded above
     monkeypatch.setattr(pathlib.Path, "write_text", write_text)
     monkeypatch.setattr(webapp.files, "open", fake_open, raising=False)
     return state
@@ -673,7 +673,7 @@ def test_encoded_dot_dot_forms_never_leave_their_folder(client, url, statuses):
 
 
 def test_stop_and_resume_of_jobs_that_do_not_exist_are_finished_or_running(client, monkeypatch):
-    import webapp.jobs
+    from ffpvad import webapp  # its submodules are loaded above
     monkeypatch.setattr(webapp.jobs, "STOP_GRACE_S", 0.5)  # a stage stopped before it heeds SIGINT: soon SIGTERM
     jobs = client.app.state.jobs
     one_line(client.post("/api/jobs/20250101-000000-abcdef/stop"), 404, "no job")  # was 200 {"stopped": false}
@@ -713,7 +713,7 @@ def test_damaged_job_records_never_break_the_job_list(client):
 
 
 def test_a_results_folder_removed_or_damaged_while_listed_is_skipped(client, monkeypatch):
-    import webapp.server
+    from ffpvad import webapp  # its submodules are loaded above
     results = client.settings.results_dir
     write_run(results / "kept")
     write_run(results / "vanishing")
@@ -787,7 +787,7 @@ def test_checkpoint_uploads_that_are_not_usable_checkpoints_are_refused_with_the
 
 def test_a_checkpoint_the_reader_refuses_is_never_detectable_and_never_a_server_error(client, checkpoint_bytes,
                                                                                      monkeypatch, no_launch):
-    import checkpoint
+    from ffpvad import checkpoint
     weights = client.settings.weights_dir
     for name in ("nan.pth", "odd.pth", "good.pth"):
         (weights / name).write_bytes(checkpoint_bytes)
@@ -904,7 +904,7 @@ def test_a_stop_pressed_while_the_stage_is_starting_is_never_lost(tmp_path, monk
     """The stop button pressed right after Start, before the runner has spawned the stage, used to find no
     process and be dropped: the stage then ran to its end (seen as a 30 s timeout under a loaded machine).  The
     stop is now kept and delivered as soon as the stage exists."""
-    from webapp import jobs as jobs_module
+    from ffpvad.webapp import jobs as jobs_module
 
     real_popen = jobs_module.subprocess.Popen
 

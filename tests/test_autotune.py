@@ -1,4 +1,4 @@
-"""Measured --amp/--channels_last auto (autotune.py): a cached verdict is used, explicit flags skip the measurement,
+"""Measured --amp/--channels_last auto (ffpvad/training/autotune.py): a cached verdict is used, explicit flags skip the measurement,
 a corrupt cache is rebuilt, plain fp32 is kept unless beaten by more than the noise margin, and a real run measures
 once and then reads the cache."""
 from __future__ import annotations
@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-import autotune
-from config import preset
-from engine import Trainer
+from ffpvad.training import autotune
+from ffpvad.config import preset
+from ffpvad.training.engine import Trainer
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_a_busy_cpu_is_not_measured_and_nothing_is_kept(cache, monkeypatch):
 
 
 def test_a_busy_cpu_is_said_at_the_start(monkeypatch, capsys):
-    import runtime
+    from ffpvad import runtime
     monkeypatch.setattr(runtime, "other_cpu_load", lambda: 1.9)
     monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
     runtime.configure_threads(preset("toy"))
@@ -106,14 +106,14 @@ def test_a_real_run_measures_once_and_then_reads_the_cache(cache, small_cfg, cap
 
 
 def test_a_resumed_run_keeps_the_precision_it_trained_with(cache, small_cfg, monkeypatch):
-    from engine import load_resume_state
+    from ffpvad.training.engine import load_resume_state
 
     Trainer(small_cfg.replace(iters=1, save_interval=1), progress=False).fit()
     state_cfg, state = load_resume_state(small_cfg.replace(iters=2, resume="latest_toy"), {"iters"})
     assert state["compute"] in ({"amp": "bf16", "channels_last": True}, {"amp": "bf16", "channels_last": False},
                                 {"amp": "fp32", "channels_last": True}, {"amp": "fp32", "channels_last": False})
     state["compute"] = {"amp": "fp32", "channels_last": True}  # whatever it was: the resume must follow the record
-    monkeypatch.setattr("engine.resolve_compute", lambda *a, **k: pytest.fail("measured again on resume"))
+    monkeypatch.setattr("ffpvad.training.engine.resolve_compute", lambda *a, **k: pytest.fail("measured again on resume"))
     trainer = Trainer(state_cfg, resume_from=state, progress=False)
     assert (trainer.amp_dtype, trainer.channels_last) == (None, True)
     assert autotune.resumed_compute(CFG.replace(amp="bf16"), torch.device("cpu"), state["compute"]) == (
@@ -131,7 +131,7 @@ def batch_timer(per_call: dict[int, float], calls: list):
 
 
 def test_the_evaluation_batch_is_measured_once_cached_and_skipped_when_given(cache, monkeypatch):
-    from methods import method_for
+    from ffpvad.methods import method_for
     cpu, cfg, lines, calls = torch.device("cpu"), CFG.replace(eval_batch_size=0), [], []
     # per frame: batch 1 10 ms, 2 6 ms, 4 5 ms, 8 2 ms: 8 is fastest by far
     monkeypatch.setattr(autotune, "inference_step", batch_timer({1: 0.010, 2: 0.012, 4: 0.020, 8: 0.016}, calls))

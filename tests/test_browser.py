@@ -18,7 +18,7 @@ import cv2
 import pytest
 
 from conftest import ROOT
-from webapp.browser import browser_page, detect_in_page, find_chromium, running_app
+from ffpvad.webapp.browser import browser_page, detect_in_page, find_chromium, running_app
 
 CHROMIUM = find_chromium()
 SHOTS = os.environ.get("FFP_SCREENSHOTS", "")

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from cli import parse_args, parse_command_line
-from config import GROUPS, Config, PRESETS, field_type, fields_of, preset, write_config
+from ffpvad.cli import parse_args, parse_command_line
+from ffpvad.config import GROUPS, Config, PRESETS, field_type, fields_of, preset, write_config
 from conftest import ROOT
-from errors import UserError
+from ffpvad.errors import UserError
 
 
 def test_presets_carry_the_published_ffp_settings():
@@ -81,7 +81,7 @@ def test_recipe_preset_sits_between_the_presets_and_the_flags():
 # --- field metadata -------------------------------------------------------------------------------------------
 
 def test_fields_of_gives_the_former_hand_kept_lists():
-    import eval as eval_cli
+    from ffpvad.commands import eval as eval_cli
 
     assert set(fields_of("architecture")) == {"dataset", "model", "base_channels", "discriminator", "img_size",
                                               "clip_len", "flownet", "semantic", "stage", "ema", "val_holdout"}
@@ -219,7 +219,7 @@ def test_a_bad_config_file_is_one_line_naming_it(tmp_path):
 # --- eval.py's own flags and detect.py's --------------------------------------------------------------------
 
 def test_eval_flags_are_ordinary_flags_in_both_forms():
-    import eval as eval_cli
+    from ffpvad.commands import eval as eval_cli
 
     def extra(*argv):
         return parse_command_line(list(argv), "eval.py", "", eval_cli.EXTRA_FLAGS).extra
@@ -239,7 +239,7 @@ def test_eval_flags_are_ordinary_flags_in_both_forms():
 
 
 def test_eval_flag_without_a_value_is_one_line(capsys):
-    import eval as eval_cli
+    from ffpvad.commands import eval as eval_cli
 
     with pytest.raises(SystemExit) as info:
         eval_cli.main(["--quantize", "--trained_model=x"])
@@ -256,7 +256,7 @@ def test_eval_flag_without_a_value_is_one_line(capsys):
     ("--fpr=nan", "--fpr=nan must be between 0 and 1"),
 ])
 def test_detect_numbers_are_finite_and_in_range(flag, message):
-    import detect
+    from ffpvad.commands import detect
 
     args = detect.build_parser().parse_args(["--video=v.mp4", "--trained_model=m", flag])
     with pytest.raises(UserError, match=re.escape(message)):

@@ -11,19 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 
-import detect
-import eval as eval_cli
-import train
-from checkpoint import load_checkpoint, read_for_scoring
-from engine import Trainer, load_resume_state
-from errors import UserError
-from ioutil import atomic_path
+from ffpvad.commands import detect
+from ffpvad.commands import eval as eval_cli
+from ffpvad.commands import train
+from ffpvad.checkpoint import load_checkpoint, read_for_scoring
+from ffpvad.training.engine import Trainer, load_resume_state
+from ffpvad.errors import UserError
+from ffpvad.ioutil import atomic_path
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, toy_root):
     """A real two-step toy checkpoint (width 8, 32 px) and a short video of the toy scene."""
-    from config import preset
+    from ffpvad.config import preset
     from test_detect import scene, write_mp4
 
     folder = tmp_path_factory.mktemp("damaged")
@@ -211,7 +211,7 @@ def _calibration_file(tmp_path: Path, **changes) -> Path:
     (dict(videos="v1"), r"its videos are not a list"),
 ], ids=["n_frames-text", "value-text", "values-a-string", "img_size-bool", "optimistic-text", "videos-a-string"])
 def test_a_calibration_with_fields_of_the_wrong_type_is_one_line(tmp_path, changes, words):
-    from calibration import KIND, Calibration
+    from ffpvad.evaluation.calibration import KIND, Calibration
 
     path = _calibration_file(tmp_path, kind=KIND, **changes)
     with pytest.raises(UserError, match=words + r".*make it again with detect.py --calibrate"):
@@ -219,7 +219,7 @@ def test_a_calibration_with_fields_of_the_wrong_type_is_one_line(tmp_path, chang
 
 
 def test_a_calibration_that_is_a_folder_is_not_to_be_deleted(tmp_path):
-    from calibration import Calibration
+    from ffpvad.evaluation.calibration import Calibration
 
     with pytest.raises(UserError, match=r"is a folder: pass --calibration=<a calibration file>") as info:
         Calibration.load(tmp_path)

@@ -20,14 +20,14 @@ import cv2
 import numpy as np
 import pytest
 
-import dataset
-import toydata
-from config import preset
+from ffpvad.data import dataset
+from ffpvad.data import toydata
+from ffpvad.config import preset
 from conftest import ROOT
-from dataset import TestSet, TrainClips, VideoSet, list_videos
-from errors import UserError, WriteFailed, run_cli
-from labels import find_label_source, labels_from_concatenated_npy, labels_from_mask_folder, write_ano_pred_mat
-from preparation import pipeline, prepare
+from ffpvad.data.dataset import TestSet, TrainClips, VideoSet, list_videos
+from ffpvad.errors import UserError, WriteFailed, run_cli
+from ffpvad.data.labels import find_label_source, labels_from_concatenated_npy, labels_from_mask_folder, write_ano_pred_mat
+from ffpvad.data.preparation import pipeline, prepare
 from test_prepare import make_custom, make_ucsd, opts, write_avi
 
 # --- helpers ------------------------------------------------------------------------------------------------------
@@ -69,12 +69,7 @@ def one_line(info) -> str:
 
 def cli(capsys, argv: list[str]) -> str:
     """The one error line tools/prepare_data.py prints for ``argv`` (exit 2, no traceback)."""
-    import sys
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        from prepare_data import main
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
+    from ffpvad.commands.prepare_data import main
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: main(argv + ["--no_progress"]))
@@ -783,7 +778,7 @@ def test_the_space_check_never_refuses_with_more_free_than_it_says_it_needs(monk
                                                                             refused):
     """It refused 10 MB of work on 30 MB free ('needs about 10 MB but only 30 MB is free'): the 64 MB margin was
     added silently.  Now the margin is at most a quarter of the estimate, and the figure said includes it."""
-    from preparation import pipeline
+    from ffpvad.data.preparation import pipeline
 
     monkeypatch.setattr(pipeline, "estimate_bytes", lambda *_: need_mb * 10**6)
     monkeypatch.setattr(pipeline, "free_bytes", lambda *_: free_mb * 10**6)

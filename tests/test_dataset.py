@@ -8,12 +8,12 @@ import pytest
 import scipy.io
 import torch
 
-from config import preset
+from ffpvad.config import preset
 from conftest import shared_path
-from dataset import (ClipSampler, TestSet, TrainClips, VideoSet, cached_frames, iter_test_batches, list_videos,
+from ffpvad.data.dataset import (ClipSampler, TestSet, TrainClips, VideoSet, cached_frames, iter_test_batches, list_videos,
                      n_predicted_frames, to_model_range)
-from errors import UserError
-from labels import (labels_from_ano_pred_mat, labels_from_concatenated_npy, labels_from_mask_folder,
+from ffpvad.errors import UserError
+from ffpvad.data.labels import (labels_from_ano_pred_mat, labels_from_concatenated_npy, labels_from_mask_folder,
                     labels_from_ucsd_gt_masks, labels_from_ucsd_m, load_labels)
 
 
@@ -275,7 +275,7 @@ def test_toy_dataset_is_generated_with_consistent_labels(small_cfg):
 
 
 def test_toy_generation_is_deterministic(tmp_path):
-    from toydata import generate
+    from ffpvad.data.toydata import generate
     generate(tmp_path / "a")
     generate(tmp_path / "b")
     a = sorted((tmp_path / "a").rglob("*.jpg"))

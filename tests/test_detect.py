@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-import detect
-from calibration import Calibration, calibration_path
-from checkpoint import save_checkpoint
-from config import preset
+from ffpvad.commands import detect
+from ffpvad.evaluation.calibration import Calibration, calibration_path
+from ffpvad.checkpoint import save_checkpoint
+from ffpvad.config import preset
 from conftest import ROOT
-from errors import UserError
-from video_io import count_frames
+from ffpvad.errors import UserError
+from ffpvad.data.video_io import count_frames
 
 W, H, N, FPS = 64, 48, 80, 10.0
 ANOMALY = (40, 55)  # frames [40, 55) hold the anomaly
@@ -61,8 +61,8 @@ def write_folder(path: Path, frames) -> Path:
 
 def train_tiny(cfg, frames, steps: int = 60):
     """A few Adam steps of the U-Net on clips of the normal scene (intensity loss): enough to learn the scene."""
-    from dataset import to_model_range
-    from models import build_generator
+    from ffpvad.data.dataset import to_model_range
+    from ffpvad.models import build_generator
 
     torch.manual_seed(0)
     generator = build_generator(cfg)
@@ -247,9 +247,9 @@ def test_calibration_scores_by_hand():
 
 
 def test_calibration_uses_the_videos_training_held_out():
-    from calibration import normal_videos
-    from dataset import VideoSet
-    from engine import split_holdout
+    from ffpvad.evaluation.calibration import normal_videos
+    from ffpvad.data.dataset import VideoSet
+    from ffpvad.training.engine import split_holdout
 
     names, counts = [f"{k:02d}" for k in range(1, 9)], [30] * 8
     _, held_out = split_holdout(VideoSet(names, [np.zeros((n, 1, 1, 3), np.uint8) for n in counts]), 3)
@@ -381,7 +381,7 @@ def test_container_reporting_more_frames_than_it_has(world, tmp_path):
     data[avih + 24:avih + 28] = (10 * N).to_bytes(4, "little")  # dwTotalFrames
     data[strh + 40:strh + 44] = (10 * N).to_bytes(4, "little")  # the stream's dwLength
     path.write_bytes(bytes(data))
-    from video_io import open_source
+    from ffpvad.data.video_io import open_source
     source = open_source(str(path))
     source.close()
     assert source.n_frames == 10 * N  # the header claims 800 frames
@@ -407,7 +407,7 @@ def test_truncated_frame_is_one_line_on_the_command_line(world, tmp_path):
 
 
 def test_bad_checkpoints_and_options(world, tmp_path):
-    from models import build_generator
+    from ffpvad.models import build_generator
 
     other = world["cfg"].replace(clip_len=3)  # a network fed 2 frames = 6 channels, recorded as clip_len 5
     save_checkpoint(tmp_path / "channels.pth", {"generator": build_generator(other).state_dict(),
@@ -492,7 +492,7 @@ def test_annotated_video_is_h264_and_keeps_the_sources_audio(world, tmp_path, ca
 
 
 def test_without_h264_the_mp4v_fallback_and_the_dropped_audio_are_said(world, tmp_path, monkeypatch, capsys):
-    import video_out
+    from ffpvad.detection import video_out
     monkeypatch.setattr(video_out, "h264_available", lambda: False)
     source = write_with_audio(tmp_path / "with_audio.mp4", world["frames"], seconds_of_audio=2)
     out = tmp_path / "out"
@@ -530,7 +530,7 @@ def test_colour_video_on_a_grey_trained_checkpoint_is_warned(world, tmp_path, ca
 
 
 def test_scene_warnings_by_hand():
-    from scene import MIN_RANGE_DB, PSNR_DROP_DB, mismatch_warnings
+    from ffpvad.evaluation.scene import MIN_RANGE_DB, PSNR_DROP_DB, mismatch_warnings
     normal = [30.0, 31.0, 32.5]
     assert mismatch_warnings(normal, 1.0, (31.5, "calibration"), True, "video") == []
     far = mismatch_warnings([20.0, 21.0, 23.0], 1.0, (31.5, "calibration"), True, "causal")

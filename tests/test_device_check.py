@@ -12,11 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import ROOT, SHARED
-from methods import METHODS
+from conftest import ROOT, SHARED, load_tool
+from ffpvad.methods import METHODS
 
-sys.path.insert(0, str(ROOT / "tools"))
-import pack_device  # noqa: E402
+pack_device = load_tool("pack_device")
 
 
 def test_the_device_check_runs_every_section_on_the_cpu(tmp_path):

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoint
-import ioutil
-from checkpoint import load_checkpoint, save_checkpoint
+from ffpvad import checkpoint
+from ffpvad import ioutil
+from ffpvad.checkpoint import load_checkpoint, save_checkpoint
 from conftest import ROOT
-from engine import Trainer
-from errors import UserError, WriteFailed, run_cli
+from ffpvad.training.engine import Trainer
+from ffpvad.errors import UserError, WriteFailed, run_cli
 
 TMPFS_BYTES = 8 * 2**20  # two toy checkpoints of 2.8 MB (width 8, 32 px, with their optimisers)
 
@@ -82,7 +82,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_good_one(sma
         real_save(path, payload)
         disk.fill(leave=4096)
 
-    monkeypatch.setattr("engine.save_checkpoint", fill_after_the_first)
+    monkeypatch.setattr("ffpvad.training.engine.save_checkpoint", fill_after_the_first)
     with pytest.raises(UserError) as info:
         trainer.fit()
     message = str(info.value)
@@ -133,7 +133,7 @@ def trained(small_cfg):
 
 
 def test_eval_on_a_full_results_disk_prints_the_metrics_then_one_line(trained, disk, capsys):
-    import eval as eval_cli
+    from ffpvad.commands import eval as eval_cli
 
     cfg, path = trained
     results = disk.path / "results"
@@ -153,9 +153,9 @@ def test_eval_on_a_full_results_disk_prints_the_metrics_then_one_line(trained, d
 
 
 def test_detect_on_a_full_or_read_only_disk_is_one_line(disk, tmp_path):
-    import detect
+    from ffpvad.commands import detect
     from test_detect import scene, train_tiny, write_mp4
-    from config import preset
+    from ffpvad.config import preset
 
     cfg = preset("ped2").replace(img_size=32, base_channels=8, flownet="none", device="cpu", amp="off",
                                  channels_last="off")
@@ -175,7 +175,7 @@ def test_detect_on_a_full_or_read_only_disk_is_one_line(disk, tmp_path):
 
 
 def test_a_calibration_on_a_full_disk_names_the_flag(disk):
-    from calibration import from_psnr
+    from ffpvad.evaluation.calibration import from_psnr
 
     result = from_psnr([30.0 + k % 7 for k in range(200)], "normal", "0" * 64, 32, optimistic=False, videos=["v"])
     disk.fill(leave=0)
@@ -296,7 +296,7 @@ class BrokenWriter:
 
 
 def test_a_tensorboard_write_that_fails_is_said_once_and_logging_stops(tmp_path):
-    from tensorboard_log import TensorBoardLog
+    from ffpvad.training.tensorboard_log import TensorBoardLog
 
     said = []
     log = TensorBoardLog(tmp_path, BrokenWriter, said.append)

@@ -17,11 +17,11 @@ import torch
 import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessException
 
-import distributed
-from checkpoint import load_checkpoint
+from ffpvad.training import distributed
+from ffpvad.checkpoint import load_checkpoint
 from conftest import ROOT, signal_once_saved
-from engine import Trainer, load_resume_state
-from errors import UserError
+from ffpvad.training.engine import Trainer, load_resume_state
+from ffpvad.errors import UserError
 
 JOB_TIMEOUT_S = 90
 
@@ -81,7 +81,7 @@ def cfg(small):
 # --- jobs (run in the spawned ranks) ----------------------------------------------------------------------------
 
 def _job_train_resume_evaluate(rank, cfg, out):
-    from evaluation import evaluate
+    from ffpvad.evaluation.evaluate import evaluate
 
     out = Path(out)
     straight = Trainer(cfg.replace(iters=5, val_interval=5, weights_dir=str(out / "straight")), progress=False)
@@ -165,9 +165,9 @@ def test_two_processes_equal_one_with_the_double_batch_and_resume_anywhere(cfg, 
         assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
 
     # Distributed evaluation = single-process evaluation of the checkpoint, exactly.
-    from dataset import TestSet
-    from eval import load_model
-    from evaluation import evaluate
+    from ffpvad.data.dataset import TestSet
+    from ffpvad.commands.eval import load_model
+    from ffpvad.evaluation.evaluate import evaluate
 
     eval_cfg, generator, _, _, _ = load_model(cfg.replace(trained_model=str(out / "straight" / "g_best_auc_toy.pth")),
                                            explicit=set())
@@ -253,7 +253,7 @@ def python_sigint_handler():
 def test_ctrl_c_during_a_step_only_sets_a_flag_and_a_checkpoint_write_finishes_first(python_sigint_handler):
     import signal
 
-    from runtime import InterruptLatch, signals_held
+    from ffpvad.runtime import InterruptLatch, signals_held
 
     latch = InterruptLatch()
     with latch.holding():

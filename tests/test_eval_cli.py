@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from errors import UserError
+from ffpvad.errors import UserError
 
 FIX = "choose another with --results_dir"
 
@@ -33,7 +33,7 @@ def data_flags(cfg, results_dir) -> list[str]:
 
 
 def eval_refuses(argv: list[str]) -> str:
-    import eval as eval_cli
+    from ffpvad.commands import eval as eval_cli
 
     with pytest.raises(UserError) as info:
         eval_cli.main(argv)
@@ -90,7 +90,7 @@ def test_the_command_line_prints_it_as_one_error_line(small_cfg, tmp_path):
 # --- checkpoints that do not fit ------------------------------------------------------------------------------------
 
 def test_model_flag_against_a_checkpoint_of_another_model_is_one_line(small_cfg, tmp_path):
-    from engine import Trainer
+    from ffpvad.training.engine import Trainer
 
     Trainer(small_cfg.replace(model="stemgan", iters=1), progress=False).fit()
     checkpoint = tmp_path / "weights" / "latest_toy.pth"
@@ -103,8 +103,8 @@ def test_model_flag_against_a_checkpoint_of_another_model_is_one_line(small_cfg,
 
 
 def test_weights_that_do_not_fit_their_config_are_one_short_line(small_cfg, tmp_path):
-    from checkpoint import save_checkpoint, weights_mismatch
-    from models import build_generator
+    from ffpvad.checkpoint import save_checkpoint, weights_mismatch
+    from ffpvad.models import build_generator
 
     narrow = build_generator(small_cfg.replace(base_channels=4))
     checkpoint = tmp_path / "weights" / "mislabelled.pth"
@@ -124,7 +124,7 @@ def test_weights_that_do_not_fit_their_config_are_one_short_line(small_cfg, tmp_
 
 def test_a_pickled_frame_mask_given_with_labels_is_one_line_naming_it(small_cfg, tmp_path, restore_threads):
     """tests/test_prepare.py checks the reader (labels.load_labels); this is the same file through eval.py --labels."""
-    from dataset import VideoSet
+    from ffpvad.data.dataset import VideoSet
 
     videos = VideoSet.load(small_cfg, "testing")
     masks = tmp_path / "test_frame_mask"
@@ -142,8 +142,8 @@ def test_a_pickled_frame_mask_given_with_labels_is_one_line_naming_it(small_cfg,
 
 def test_metrics_json_names_the_single_class_videos(small_cfg, tmp_path):
     """Video '14' (index 2 here) is anomalous throughout: metrics.json names it, the summary still counts it."""
-    from evaluation import EvalResult, summary_table, write_results
-    from metrics import metrics_of_scores
+    from ffpvad.evaluation.evaluate import EvalResult, summary_table, write_results
+    from ffpvad.evaluation.metrics import metrics_of_scores
 
     rng = np.random.default_rng(0)
     labels = [np.r_[np.zeros(6), np.ones(4)].astype(np.int64), np.r_[np.ones(3), np.zeros(7)].astype(np.int64),

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from dataset import TestSet
-from engine import Trainer
-from evaluation import evaluate
-from methods import METHODS
-from models import GENERATORS, register_generator
+from ffpvad.data.dataset import TestSet
+from ffpvad.training.engine import Trainer
+from ffpvad.evaluation.evaluate import evaluate
+from ffpvad.methods import METHODS
+from ffpvad.models import GENERATORS, register_generator
 
 
 def code_blocks() -> dict[str, str]:
-    """The page's python blocks by the file each one names in its first line (``# models/tiny.py``)."""
+    """The page's python blocks by the file each one names in its first line (``# ffpvad/models/tiny.py``)."""
     text = (ROOT / "docs" / "extending.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     return {block.splitlines()[0].lstrip("# ").strip(): block for block in blocks}
@@ -32,9 +32,9 @@ def run_block(source: str, name: str) -> types.ModuleType:
 @pytest.fixture
 def examples():
     blocks = code_blocks()
-    assert set(blocks) == {"models/tiny.py", "methods/l1recon.py"}
-    run_block(blocks["models/tiny.py"], "tiny")
-    run_block(blocks["methods/l1recon.py"], "l1recon")
+    assert set(blocks) == {"ffpvad/models/tiny.py", "ffpvad/methods/l1recon.py"}
+    run_block(blocks["ffpvad/models/tiny.py"], "tiny")
+    run_block(blocks["ffpvad/methods/l1recon.py"], "l1recon")
     register_generator("l1recon_unet", method="l1recon")(GENERATORS.get("skipganomaly"))
     yield
     for name in ("tiny", "l1recon_unet"):

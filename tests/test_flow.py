@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from config import preset
-from conftest import shared_path
-from errors import UserError
-from flownet import build_flownet, resolve_flownet_name
-from flownet.spynet import SpyNet
+from ffpvad.config import preset
+from conftest import load_tool, shared_path
+from ffpvad.errors import UserError
+from ffpvad.flow import build_flownet, resolve_flownet_name
+from ffpvad.flow.spynet import SpyNet
 from t7 import spynet_level_file
 from test_models import write_official_flownet2sd
 
@@ -95,7 +95,7 @@ def test_weight_free_estimator_sees_no_motion_between_equal_frames():
 
 
 def test_spynet_converter_round_trips_a_torch7_file_with_the_real_layout(tmp_path):
-    from tools.convert_spynet import convert, main
+    convert, main = load_tool("convert_spynet").convert, load_tool("convert_spynet").main
 
     rng = np.random.default_rng(0)
     written = {}
@@ -116,7 +116,7 @@ def test_spynet_converter_round_trips_a_torch7_file_with_the_real_layout(tmp_pat
 
 
 def test_spynet_converter_bad_inputs(tmp_path):
-    from tools.convert_spynet import convert
+    convert = load_tool("convert_spynet").convert
     with pytest.raises(UserError, match="missing .*modelL1_F.t7"):
         convert(tmp_path, "sintel-final")
     (tmp_path / "modelL1_F.t7").write_bytes(b"not torch7")
@@ -125,7 +125,7 @@ def test_spynet_converter_bad_inputs(tmp_path):
 
 
 def test_pretrained_spynet_recovers_a_3_pixel_shift(tmp_path):
-    from tools.convert_spynet import convert
+    convert = load_tool("convert_spynet").convert
     folder = shared_path("weights", "spynet_t7")
     torch.save({"state_dict": convert(folder, "sintel-final")}, tmp_path / "spynet_sintel-final.pth")
     network = build_flownet(CFG.replace(flownet="spynet", weights_dir=str(tmp_path)))
@@ -147,7 +147,7 @@ def test_auto_prefers_weights_that_exist_and_says_so_loudly(tmp_path, capsys):
 
 
 def test_auto_is_recorded_as_what_it_resolved_to(small_cfg, tmp_path):
-    from engine import Trainer
+    from ffpvad.training.engine import Trainer
     trainer = Trainer(small_cfg.replace(flownet="auto"), progress=False)
     assert trainer.cfg.flownet == "none" and trainer.state()["config"]["flownet"] == "none"
     spynet_file(tmp_path)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from errors import UserError
-from ioutil import atomic_path, atomic_write_text  # what existed before issue #20: the tests run against either
+from ffpvad.errors import UserError
+from ffpvad.ioutil import atomic_path, atomic_write_text  # what existed before issue #20: the tests run against either
 
 try:
     import fcntl
@@ -27,11 +27,10 @@ except ImportError:
 WRITE_EVERY_KIND = r"""
 import json, os, sys
 os.umask(int(sys.argv[1], 8))
-sys.path.insert(0, sys.argv[2])
 from pathlib import Path
 import torch
-from checkpoint import save_checkpoint
-from ioutil import atomic_path, atomic_write_text
+from ffpvad.checkpoint import save_checkpoint
+from ffpvad.ioutil import atomic_path, atomic_write_text
 
 out = Path(sys.argv[3])
 save_checkpoint(out / "weights" / "latest_toy.pth", {"generator": {"w": torch.zeros(2)}})
@@ -69,7 +68,7 @@ def test_a_umask_changed_after_import_is_followed(tmp_path):
 
 
 def test_label_writers_get_the_usual_permissions_from_atomic_path_alone(tmp_path):
-    import labels
+    from ffpvad.data import labels
 
     umask = os.umask(0o022)
     try:
@@ -88,7 +87,7 @@ A_MOMENT = 1.0  # a live writer's file: younger
 
 
 def test_the_age_of_a_stale_file_lies_between_a_live_and_a_crashed_writers():
-    from ioutil import STALE_AFTER_S
+    from ffpvad.ioutil import STALE_AFTER_S
 
     assert A_MOMENT < STALE_AFTER_S < AN_HOUR
 
@@ -102,7 +101,7 @@ def make_temporary(path, age_s: float = 0.0):
 
 
 def test_a_killed_writers_temporary_file_goes_at_the_next_write_of_that_target(tmp_path):
-    from checkpoint import save_checkpoint
+    from ffpvad.checkpoint import save_checkpoint
 
     old = AN_HOUR
     stale = [make_temporary(tmp_path / name, old) for name in (
@@ -163,7 +162,7 @@ def test_a_write_in_progress_survives_another_write_of_the_same_target(tmp_path)
 # --- folders that cannot be written --------------------------------------------------------------------------------
 
 def test_a_folder_that_is_a_file_is_one_line(tmp_path):
-    from ioutil import ensure_writable_dir
+    from ffpvad.ioutil import ensure_writable_dir
 
     blocker = tmp_path / "results"
     blocker.write_text("not a folder")
@@ -177,7 +176,7 @@ def test_a_folder_that_is_a_file_is_one_line(tmp_path):
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
                     reason="running as root: permission bits do not stop root's writes, so no read-only folder exists")
 def test_a_read_only_folder_is_one_line(tmp_path):
-    from ioutil import ensure_writable_dir
+    from ffpvad.ioutil import ensure_writable_dir
 
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -191,7 +190,7 @@ def test_a_read_only_folder_is_one_line(tmp_path):
 
 
 def test_a_writable_folder_is_created_and_left_clean(tmp_path):
-    from ioutil import ensure_writable_dir
+    from ffpvad.ioutil import ensure_writable_dir
 
     folder = ensure_writable_dir(tmp_path / "a" / "b", "results folder", "choose another")
     assert folder.is_dir() and list(folder.iterdir()) == []

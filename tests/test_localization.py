@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from errors import UserError
-from localization import (PixelAccumulator, _k_of, anomaly_maps, error_maps, frame_value, pixel_curve,
+from ffpvad.errors import UserError
+from ffpvad.evaluation.localization import (PixelAccumulator, _k_of, anomaly_maps, error_maps, frame_value, pixel_curve,
                           pixel_metrics, pixel_mask_source, smooth_maps)
-from metrics import psnr
+from ffpvad.evaluation.metrics import psnr
 
 
 def test_anomalous_frame_value_is_the_threshold_up_to_which_40_percent_are_covered():
@@ -163,8 +163,8 @@ def test_eval_reports_pixel_level_metrics_beside_the_frame_level_ones(small_cfg,
     """eval.py with --pixel_masks (here: whole-frame masks from the toy labels) and without (no masks)."""
     import json
 
-    import eval as eval_cli
-    from dataset import TestSet
+    from ffpvad.commands import eval as eval_cli
+    from ffpvad.data.dataset import TestSet
 
     test_set = TestSet.load(small_cfg)
     masks = tmp_path / "masks"

@@ -7,15 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-import losses.mama as mama
-import models.semantic as semantic
-from cli import parse_args
-from config import preset
-from engine import Trainer, load_resume_state, stage_two_config
-from errors import UserError
-from methods import method_for
-from models import build_generator
-from models.f2lm import F2LM, MAMA
+from ffpvad.losses import mama
+from ffpvad.models import semantic
+from ffpvad.cli import parse_args
+from ffpvad.config import preset
+from ffpvad.training.engine import Trainer, load_resume_state, stage_two_config
+from ffpvad.errors import UserError
+from ffpvad.methods import method_for
+from ffpvad.models import build_generator
+from ffpvad.models.f2lm import F2LM, MAMA
 from test_training import cli_flags, run
 
 
@@ -241,7 +241,7 @@ def test_stage_two_refuses_what_it_cannot_start_from(mama_cfg, small_cfg):
 
 
 def test_model_preset_follows_the_authors_per_dataset():
-    from cli import resolve
+    from ffpvad.cli import resolve
     for dataset, lr in (("ped2", 1e-4), ("avenue", 2e-4)):
         cfg = resolve({"dataset": dataset, "model": "f2lm"})
         assert (cfg.lam_int, cfg.lam_grad, cfg.lam_adv, cfg.lr_g, cfg.weight_decay) == (1.0, 1.0, 0.05, lr, lr)

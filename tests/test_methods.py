@@ -1,4 +1,4 @@
-"""The method contract (methods/base.py), checked on every registered method by one parametrised test: build, one
+"""The method contract (ffpvad/methods/base.py), checked on every registered method by one parametrised test: build, one
 training step that gives every trainable parameter a gradient, save and exact resume, and evaluation that scores
 one value per predicted frame.  A generator registered from this file alone trains through the shared loop."""
 from __future__ import annotations
@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-import config
-from cli import resolve
-from dataset import TestSet
-from engine import Trainer, load_resume_state, stage_two_config
-from evaluation import evaluate
-from methods import METHODS, Method, first_stage, trainable_generator
-from models import GENERATORS, register_generator
+from ffpvad import config
+from ffpvad.cli import resolve
+from ffpvad.data.dataset import TestSet
+from ffpvad.training.engine import Trainer, load_resume_state, stage_two_config
+from ffpvad.evaluation.evaluate import evaluate
+from ffpvad.methods import METHODS, Method, first_stage, trainable_generator
+from ffpvad.models import GENERATORS, register_generator
 
 SMALL = ("data_root", "cache_dir", "weights_dir", "results_dir", "log_dir", "img_size", "base_channels", "batch_size",
          "val_interval", "save_interval", "log_interval", "tensorboard", "device")

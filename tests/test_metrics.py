@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from metrics import anomaly_scores, equal_error_rate, frame_metrics, macro_auc, micro_auc, psnr
+from ffpvad.evaluation.metrics import anomaly_scores, equal_error_rate, frame_metrics, macro_auc, micro_auc, psnr
 
 
 def test_psnr_hand_worked():

@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from cli import resolve
-from config import preset
-from errors import UserError
-from flownet import FLOWNETS, build_flownet
-from flownet.flownet2sd import FlowNet2SD
-from methods import method_for
-from models import DISCRIMINATORS, GENERATORS, build_discriminator, build_generator, is_trainable
+from ffpvad.cli import resolve
+from ffpvad.config import preset
+from ffpvad.errors import UserError
+from ffpvad.flow import FLOWNETS, build_flownet
+from ffpvad.flow.flownet2sd import FlowNet2SD
+from ffpvad.methods import method_for
+from ffpvad.models import DISCRIMINATORS, GENERATORS, build_discriminator, build_generator, is_trainable
 
 CFG = preset("toy").replace(img_size=32, base_channels=8)
 

@@ -1,4 +1,4 @@
-"""tools/prepare_data.py and preparation/: small synthetic copies of each official download, prepared and checked
+"""tools/prepare_data.py and ffpvad/data/preparation/: small synthetic copies of each official download, prepared and checked
 frame for frame and label for label; interruption and resume; bad inputs; the real UCSD and Avenue labels when
 ../shared is present."""
 from __future__ import annotations
@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import scipy.io
 
-from config import preset
+from ffpvad.config import preset
 from conftest import ROOT, shared_path
-from dataset import TestSet, list_videos
-from errors import UserError, run_cli
-from labels import (frame_labels_from_masks, labels_from_ano_pred_mat, load_pixel_masks, read_interval_file,
+from ffpvad.data.dataset import TestSet, list_videos
+from ffpvad.errors import UserError, run_cli
+from ffpvad.data.labels import (frame_labels_from_masks, labels_from_ano_pred_mat, load_pixel_masks, read_interval_file,
                     read_ucsd_gt_mask_folder, write_ano_pred_mat)
-from preparation import Options, pipeline, prepare
+from ffpvad.data.preparation import Options, pipeline, prepare
 
 W, H = 24, 16
 
@@ -449,7 +449,7 @@ def test_not_enough_disk_space_stops_before_writing(tmp_path, monkeypatch):
 
 def test_cli_error_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "tools"))
-    from prepare_data import main
+    from ffpvad.commands.prepare_data import main
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: main(["ped2", "--src", str(tmp_path / "nowhere"), "--data_root", str(tmp_path)]))
     err = capsys.readouterr().err
@@ -491,8 +491,8 @@ def assert_one_line_naming(info, path: Path, fix: str) -> None:
 
 @pytest.mark.parametrize("kind", ["object", "garbage", "empty", "truncated"])
 def test_a_corrupt_npy_mask_is_one_user_error_naming_the_file(tmp_path, kind):
-    from labels import load_labels
-    from localization import pixel_mask_source
+    from ffpvad.data.labels import load_labels
+    from ffpvad.evaluation.localization import pixel_mask_source
 
     frame_masks = tmp_path / "test_frame_mask"  # ShanghaiTech frame labels
     frame_masks.mkdir()
@@ -524,7 +524,7 @@ def test_a_corrupt_npy_mask_is_one_user_error_naming_the_file(tmp_path, kind):
 
 
 def test_a_pickled_label_file_is_never_loaded(tmp_path):
-    from labels import labels_from_concatenated_npy
+    from ffpvad.data.labels import labels_from_concatenated_npy
 
     path = tmp_path / "frame_labels_ped2.npy"
     write_corrupt_npy(path, "object")
@@ -537,7 +537,7 @@ def test_a_pickled_label_file_is_never_loaded(tmp_path):
 def cli_error(monkeypatch, capsys, argv: list[str]) -> str:
     """The one line tools/prepare_data.py prints for ``argv`` (exit 2, no traceback)."""
     monkeypatch.syspath_prepend(str(ROOT / "tools"))
-    from prepare_data import main
+    from ffpvad.commands.prepare_data import main
     capsys.readouterr()  # what ran before
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: main(argv + ["--no_progress"]))

@@ -1,4 +1,4 @@
-"""Pseudo-anomalies (pseudo.py): the clips selection makes, its AUC and gap by hand, a training run that keeps
+"""Pseudo-anomalies (ffpvad/data/pseudo.py): the clips selection makes, its AUC and gap by hand, a training run that keeps
 g_best_pseudo from held-out training videos only; --pseudo_anomaly=skip's training clips, its loss and its errors."""
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import losses
-import pseudo
-from dataset import VideoSet, strided_window_start
-from engine import Trainer
-from errors import UserError
+from conftest import load_tool
+from ffpvad import losses
+from ffpvad.data import pseudo
+from ffpvad.data.dataset import VideoSet, strided_window_start
+from ffpvad.training.engine import Trainer
+from ffpvad.errors import UserError
 
 
 def test_skipped_clips_cover_every_frame_once_at_three_times_the_speed():
@@ -56,7 +57,7 @@ def test_g_best_pseudo_follows_the_named_statistic(small_cfg, monkeypatch, stati
     """Validations see AUC 1.0, 1.0 and gaps 2, 5 dB: skip keeps the first (the AUC does not rise), skip_gap the
     second."""
     figures = iter([{"auc": 1.0, "gap_db": 2.0}, {"auc": 1.0, "gap_db": 5.0}])
-    monkeypatch.setattr("engine.pseudo_figures", lambda *args, **kwargs: next(figures))
+    monkeypatch.setattr("ffpvad.training.engine.pseudo_figures", lambda *args, **kwargs: next(figures))
     trainer = Trainer(small_cfg.replace(iters=4, val_interval=2, val_holdout=2, val_pseudo=statistic),
                       progress=False)
     trainer.fit()
@@ -110,7 +111,8 @@ def test_selection_table_picks_each_rule_from_the_curves(tmp_path, capsys, monke
     import sys
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
-    import selection_table
+    load_tool("score_table")  # selection_table imports its neighbour by name
+    selection_table = load_tool("selection_table")
 
     run = tmp_path / "run"
     (run / "logs" / "ped2_bs4").mkdir(parents=True)

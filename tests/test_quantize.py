@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from errors import UserError
-from models.ffp import UNetGenerator
-from models.quantize import quantize_int8
+from ffpvad.errors import UserError
+from ffpvad.models.ffp import UNetGenerator
+from ffpvad.models.quantize import quantize_int8
 
 
 def smooth_clips(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -57,7 +57,7 @@ def test_no_calibration_clips_is_one_clear_line():
 def test_calibration_clips_come_from_a_few_training_videos_only(small_cfg):
     """Spread over 3 of the toy's training videos, and only those are decoded: no test frame is read."""
     from pathlib import Path
-    from eval import calibration_clips
+    from ffpvad.commands.eval import calibration_clips
     clips = calibration_clips(small_cfg, n_clips=6, n_videos=3)
     assert clips.dtype == torch.uint8 and clips.shape == (6, small_cfg.clip_len, 32, 32, 3)
     cache = Path(small_cfg.cache_dir) / "toy"
@@ -66,7 +66,7 @@ def test_calibration_clips_come_from_a_few_training_videos_only(small_cfg):
 
 
 def test_calibration_without_a_training_split_is_one_clear_line(small_cfg, tmp_path):
-    from eval import calibration_clips
+    from ffpvad.commands.eval import calibration_clips
     cfg = small_cfg.replace(dataset="ped2", data_root=str(tmp_path / "nowhere"))
     with pytest.raises(UserError, match=r"--quantize=int8 calibrates on training clips, and they cannot be read: "
                                         r"no frames folder at .*\(or use --quantize=off\)"):

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoint
-from checkpoint import load_checkpoint
+from ffpvad import checkpoint
+from ffpvad.checkpoint import load_checkpoint
 from conftest import ROOT, signal_once_saved
-from engine import Trainer, exclusive_run
-from errors import UserError
+from ffpvad.training.engine import Trainer, exclusive_run
+from ffpvad.errors import UserError
 
 JOB_TIMEOUT_S = 120
 
@@ -65,7 +65,7 @@ def test_a_failed_checkpoint_write_names_the_path_and_keeps_the_last_good_one(sm
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(path, payload)
 
-    monkeypatch.setattr("engine.save_checkpoint", disk_full_on_the_second)
+    monkeypatch.setattr("ffpvad.training.engine.save_checkpoint", disk_full_on_the_second)
     with pytest.raises(UserError, match=r"cannot write checkpoint .*latest_toy.pth \(the disk is full: .* free there\): free some space.*"
                                         r"last good checkpoint is .*latest_toy.pth \(step 2\)"):
         trainer.fit()
@@ -117,7 +117,7 @@ def test_a_stop_signal_saves_a_whole_step_and_says_how_to_resume(small_cfg, sign
 
 
 def test_resuming_weights_that_do_not_fit_is_one_short_line(small_cfg):
-    from engine import load_resume_state
+    from ffpvad.training.engine import load_resume_state
 
     Trainer(small_cfg.replace(iters=1, save_interval=1), progress=False).fit()
     path = Path(small_cfg.weights_dir) / "latest_toy.pth"
@@ -152,7 +152,7 @@ def test_a_full_disk_during_a_checkpoint_write_is_an_oserror(monkeypatch, tmp_pa
 
 
 def test_nohup_keeps_sighup_ignored_and_a_background_sigint_is_caught():
-    from errors import install_stop_signals
+    from ffpvad.errors import install_stop_signals
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -169,7 +169,7 @@ def test_nohup_keeps_sighup_ignored_and_a_background_sigint_is_caught():
 
 
 def test_auto_contradicts_no_checkpoint_value(small_cfg):
-    from checkpoint import architecture_conflicts
+    from ffpvad.checkpoint import architecture_conflicts
 
     stored = small_cfg.replace(flownet="lucaskanade", model="f2lm")
     given = small_cfg.replace(flownet="auto", model="ffp")

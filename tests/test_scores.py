@@ -1,4 +1,4 @@
-"""Frame scores (scores.py, --score=): hand-made error maps with known answers, causality in a stream, and the
+"""Frame scores (ffpvad/evaluation/scores.py, --score=): hand-made error maps with known answers, causality in a stream, and the
 command lines that take --score."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import save_checkpoint
+from ffpvad.checkpoint import save_checkpoint
 from conftest import ROOT
-from metrics import psnr
-from scores import SCORES, frame_score
+from ffpvad.evaluation.metrics import psnr
+from ffpvad.evaluation.scores import SCORES, frame_score
 
 LOCAL = ("box16", "box32", "top5", "top1")
 
@@ -66,8 +66,8 @@ def test_psnr_score_is_the_papers_psnr_bit_for_bit():
 
 def test_no_score_looks_at_a_later_frame(small_cfg):
     """A stream's scores up to frame t are the same whatever comes after t, for every registered score."""
-    from models import build_generator
-    from predictor import StreamPredictor
+    from ffpvad.models import build_generator
+    from ffpvad.detection.predictor import StreamPredictor
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(20)]
@@ -83,7 +83,7 @@ def test_no_score_looks_at_a_later_frame(small_cfg):
 
 
 def test_eval_takes_a_score_and_keeps_the_psnr_results_beside_it(small_cfg, tmp_path):
-    from models import build_generator
+    from ffpvad.models import build_generator
     cfg = small_cfg.replace(weights_dir=str(tmp_path / "weights"))
     save_checkpoint(tmp_path / "weights" / "g_best_auc_toy.pth",
                     {"step": 1, "generator": build_generator(cfg).state_dict(), "config": cfg.__dict__})

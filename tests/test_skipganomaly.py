@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-import losses.skipganomaly as sg
-from cli import parse_args
-from engine import Trainer, load_resume_state
-from errors import UserError
-from methods import SkipGANomalyMethod, method_for
-from metrics import normalise_scores
-from models.skipganomaly import DCGANDiscriminator, SkipGANomalyGenerator
+from ffpvad.losses import skipganomaly as sg
+from ffpvad.cli import parse_args
+from ffpvad.training.engine import Trainer, load_resume_state
+from ffpvad.errors import UserError
+from ffpvad.methods import SkipGANomalyMethod, method_for
+from ffpvad.evaluation.metrics import normalise_scores
+from ffpvad.models.skipganomaly import DCGANDiscriminator, SkipGANomalyGenerator
 from test_training import cli_flags, run
 
 
@@ -165,7 +165,7 @@ def test_bad_settings_are_one_clear_line(sg_cfg, flags, message):
 
 
 def test_detect_refuses_a_reconstruction_checkpoint(sg_cfg, tmp_path):
-    import detect
+    from ffpvad.commands import detect
     Trainer(sg_cfg.replace(iters=1), progress=False).fit()
     args = detect.build_parser().parse_args(["--video=x.mp4", f"--trained_model={tmp_path / 'weights' / 'latest_toy.pth'}"])
     with pytest.raises(UserError, match="reconstruction method: detect.py runs frame-prediction models"):

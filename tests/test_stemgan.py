@@ -4,11 +4,11 @@ import shutil
 import pytest
 import torch
 
-from config import preset
-from engine import Trainer
-from errors import UserError
-from models import build_generator
-from models.stemgan import temporal_shift
+from ffpvad.config import preset
+from ffpvad.training.engine import Trainer
+from ffpvad.errors import UserError
+from ffpvad.models import build_generator
+from ffpvad.models.stemgan import temporal_shift
 
 
 def test_temporal_shift_moves_exactly_one_eighth_each_way_and_zero_fills():

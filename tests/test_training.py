@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import losses
-from checkpoint import load_checkpoint
+from ffpvad import losses
+from ffpvad.checkpoint import load_checkpoint
 from conftest import ROOT
-from dataset import to_model_range
-from engine import Trainer, load_resume_state
-from errors import UserError
+from ffpvad.data.dataset import to_model_range
+from ffpvad.training.engine import Trainer, load_resume_state
+from ffpvad.errors import UserError
 from test_models import write_official_flownet2sd
 
 
@@ -204,7 +204,7 @@ def test_train_then_eval_from_the_command_line_writes_every_artifact(small_cfg, 
 
 def test_toy_training_detects_the_toy_anomalies(toy_root, tmp_path):
     """A floor a broken loop cannot reach: an untrained U-Net scores about 0.64 and copy-last about 0.72 here."""
-    from config import preset
+    from ffpvad.config import preset
     cfg = preset("toy").replace(data_root=str(toy_root), cache_dir=str(tmp_path / "c"),
                                 weights_dir=str(tmp_path / "w"), iters=150, val_interval=150, tensorboard=False,
                                 device="cpu")
@@ -213,7 +213,7 @@ def test_toy_training_detects_the_toy_anomalies(toy_root, tmp_path):
 
 
 def test_training_curves_are_logged_and_a_resumed_run_keeps_them_up_to_its_step(small_cfg):
-    from engine import CurveLog
+    from ffpvad.training.engine import CurveLog
     cfg = small_cfg.replace(iters=4, log_interval=1, val_interval=2, save_interval=2, tensorboard=False)
     Trainer(cfg, progress=False).fit()
     path = Path(cfg.log_dir) / "toy_bs4" / "curves.csv"  # written with --tensorboard=false too

@@ -14,17 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import cv2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from errors import UserError, run_cli  # noqa: E402
-from video_io import frame_files, read_image  # noqa: E402
-from webapp.browser import browser_page, detect_in_page, find_chromium, running_app  # noqa: E402
+from ffpvad.errors import UserError, run_cli
+from ffpvad.data.video_io import frame_files, read_image
+from ffpvad.webapp.browser import browser_page, detect_in_page, find_chromium, running_app
 
 
 def as_video(source: Path, folder: Path) -> Path:

@@ -10,17 +10,15 @@ research use): users download them themselves; this repository never contains th
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from errors import UserError, run_cli  # noqa: E402
-from flownet.spynet import DEFAULT_VARIANT, VARIANTS, SpyNet  # noqa: E402
-from ioutil import atomic_path  # noqa: E402
+from ffpvad.errors import UserError, run_cli
+from ffpvad.flow.spynet import DEFAULT_VARIANT, VARIANTS, SpyNet
+from ffpvad.ioutil import atomic_path
 
 CONV_INDICES = (0, 2, 4, 6, 8)  # positions of the convolutions in the Sequential (ReLUs between)
 

@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from errors import UserError, run_cli  # noqa: E402
+from ffpvad.errors import UserError, run_cli
 
 AUC_LINE = re.compile(r"step (\d+): test micro AUC ([\d.]+)%")
 PSNR_LINE = re.compile(r"step (\d+): held-out normal PSNR ([\d.]+) dB")

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from errors import UserError, run_cli  # noqa: E402
-from losses.mama import SCORE_TERMS, combined_score  # noqa: E402
-from metrics import minmax  # noqa: E402
+from ffpvad.errors import UserError, run_cli
+from ffpvad.losses.mama import SCORE_TERMS, combined_score
+from ffpvad.evaluation.metrics import minmax
 
 
 def split_videos(values: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:

@@ -29,9 +29,8 @@ from pathlib import Path
 import cv2
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from ioutil import atomic_write_text  # noqa: E402
+from ffpvad.ioutil import atomic_write_text
 
 LIMIT_BYTES = 64 * 2**20  # the device tool's limit on what travels (working tree + carried folders)
 MARGIN_BYTES = 2 * 2**20  # room for the files a session changes before it runs the check

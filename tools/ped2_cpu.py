@@ -26,10 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from errors import UserError, run_cli  # noqa: E402
-from ioutil import atomic_write_text  # noqa: E402
+from ffpvad.errors import UserError, run_cli
+from ffpvad.ioutil import atomic_write_text
 
 
 def children_peak_rss_gib() -> float:

@@ -1,4 +1,4 @@
-"""How separable the pseudo-anomalies of pseudo.py are for given checkpoints: a probe for choosing them.
+"""How separable the pseudo-anomalies of ffpvad/data/pseudo.py are for given checkpoints: a probe for choosing them.
 
     python tools/pseudo_probe.py --data_root=../shared/data R13/weights/g_best_pseudo_ped2.pth \
         R13/weights/latest_ped2.pth
@@ -11,21 +11,19 @@ orders checkpoints; an AUC that is 100% for all of them cannot.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pseudo  # noqa: E402
-from checkpoint import load_networks, read_for_scoring  # noqa: E402
-from dataset import VideoSet  # noqa: E402
-from engine import split_holdout  # noqa: E402
-from errors import UserError, run_cli  # noqa: E402
-from evaluation import predict_psnr  # noqa: E402
-from runtime import resolve_amp, use_channels_last  # noqa: E402
+from ffpvad.data import pseudo
+from ffpvad.checkpoint import load_networks, read_for_scoring
+from ffpvad.data.dataset import VideoSet
+from ffpvad.training.engine import split_holdout
+from ffpvad.errors import UserError, run_cli
+from ffpvad.evaluation.evaluate import predict_psnr
+from ffpvad.runtime import resolve_amp, use_channels_last
 
 
 def main() -> int:

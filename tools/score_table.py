@@ -1,4 +1,4 @@
-"""Every frame score (scores.py) on the same predictions: one table row per checkpoint group and score.
+"""Every frame score (ffpvad/evaluation/scores.py) on the same predictions: one table row per checkpoint group and score.
 
     python tools/score_table.py --dataset=ped2 --data_root=../shared/data --baseline=copylast \\
         --group="ped2_cpu, held-out PSNR=runs/s50/g_best_val_ped2.pth,runs/s1/g_best_val_ped2.pth" \\
@@ -19,10 +19,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from errors import UserError, run_cli  # noqa: E402
-from scores import SCORES  # noqa: E402
+from ffpvad.errors import UserError, run_cli
+from ffpvad.evaluation.scores import SCORES
 
 
 def evaluate(common: list[str], extra: list[str], results: Path) -> dict:

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import score_table  # noqa: E402  (tools/, beside this file: its mean ± sd cell)
-from engine import CurveLog  # noqa: E402
-from errors import UserError, run_cli  # noqa: E402
+import score_table  # (tools/, beside this file: its mean ± sd cell)
+from ffpvad.training.engine import CurveLog
+from ffpvad.errors import UserError, run_cli
 
 RULES = {  # rule -> the curve it maximises (None: the last validation)
     "held-out PSNR": "holdout_psnr", "pseudo AUC (skip)": "pseudo_auc", "pseudo gap (skip_gap)": "pseudo_gap_db",

@@ -5,21 +5,19 @@ nothing (two commits, the same flags, byte-identical files).
     python tools/step_losses.py --out=a.json --dataset=ped2 --iters=50  (any train.py flag is accepted)
 
 Compare with ``cmp a.json b.json``.  Set FFP_AUTOTUNE=off on both sides when the two runs may measure --amp=auto
-differently (autotune.py): the flag rule then decides, the same way each time.
+differently (ffpvad/training/autotune.py): the flag rule then decides, the same way each time.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import parse_args  # noqa: E402
-from engine import Trainer  # noqa: E402
-from errors import run_cli  # noqa: E402
-from ioutil import atomic_write_text  # noqa: E402
+from ffpvad.cli import parse_args
+from ffpvad.training.engine import Trainer
+from ffpvad.errors import run_cli
+from ffpvad.ioutil import atomic_write_text
 
 
 def main() -> int:

@@ -5,13 +5,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli import parse_args  # noqa: E402
-from errors import run_cli  # noqa: E402
+from ffpvad.cli import parse_args
+from ffpvad.errors import run_cli
 
 
 def main() -> int:
@@ -21,11 +19,11 @@ def main() -> int:
     cfg, _ = parse_args(rest, "untrained_baseline.py", __doc__)
     import torch
 
-    from dataset import TestSet
-    from evaluation import evaluate
-    from methods import method_for
-    from models import build_discriminator, build_generator
-    from runtime import resolve_amp, resolve_device
+    from ffpvad.data.dataset import TestSet
+    from ffpvad.evaluation.evaluate import evaluate
+    from ffpvad.methods import method_for
+    from ffpvad.models import build_discriminator, build_generator
+    from ffpvad.runtime import resolve_amp, resolve_device
 
     device = resolve_device(cfg.device)
     test_set = TestSet.load(cfg)
