@@ -123,7 +123,7 @@ def device_call(out: Path, specs: list[str], with_ped2: bool) -> dict:
     relative = out.relative_to(ROOT)
     install = (f"python -m pip install --no-index --no-deps --quiet {relative}/wheels/* && " if specs else "")
     data = f" --data_root={relative}/data" if with_ped2 else ""
-    command = f"{install}python bench/device_check.py --device=cuda --out=$OUT{data} --budget_s={RUN_TIMEOUT_S - 80}"
+    command = f"{install}python -m bench.device_check --device=cuda --out=$OUT{data} --budget_s={RUN_TIMEOUT_S - 80}"
     return {"command": command, "carry": [str(relative)], "timeout_s": RUN_TIMEOUT_S}
 
 
