@@ -163,19 +163,25 @@ def signals_held(*signums: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def signals_ignored(*signums: int) -> Iterator[None]:
-    """Ignore the given signals in the block (a second Ctrl-C while the first one's checkpoint is written)."""
+def _handled_by(signums, handler) -> Iterator[None]:
+    """In the block, ``handler`` handles the given signals (those Python may replace); after it, what did before.
+    Off the main thread, where Python cannot set handlers, the block runs unchanged."""
     if not _main_thread():
         yield
         return
     previous = {s: signal.getsignal(s) for s in signums if _replaceable(s)}
     for signum in previous:
-        signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signum, handler)
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)
+
+
+def signals_ignored(*signums: int) -> contextlib.AbstractContextManager:
+    """Ignore the given signals in the block (a second Ctrl-C while the first one's checkpoint is written)."""
+    return _handled_by(signums, signal.SIG_IGN)
 
 
 class InterruptLatch:
@@ -191,19 +197,8 @@ class InterruptLatch:
     def _set(self, signum, frame) -> None:
         self.pending, self.signum = True, signum
 
-    @contextlib.contextmanager
-    def holding(self) -> Iterator[None]:
-        if not _main_thread():
-            yield
-            return
-        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS if _replaceable(s)}
-        for signum in previous:
-            signal.signal(signum, self._set)
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+    def holding(self) -> contextlib.AbstractContextManager:
+        return _handled_by(STOP_SIGNALS, self._set)
 
 
 def seed_everything(seed: int) -> None:
