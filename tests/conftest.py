@@ -83,9 +83,10 @@ def shared_path(*parts: str) -> Path:
 
 
 # Tests never write into the working tree: every file a test makes goes under tmp_path.  The files git does not track
-# (ignored ones included: tensorboard_log/, results/, ...) are listed before and after the session; a new one fails
-# the run and is named.
-def _untracked_files() -> set[str] | None:
+# (ignored ones included: tensorboard_log/, results/, ...) are listed with their modification times before and after
+# the session; a new one, or one written again (a checkout that already had tensorboard_log/ from a user's run hid
+# the tests' writes there, which a clean clone then found), fails the run and is named.
+def _untracked_files() -> dict[str, int] | None:
     try:
         listed = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "-z"],
                                 cwd=ROOT, capture_output=True, timeout=60)
@@ -94,7 +95,15 @@ def _untracked_files() -> set[str] | None:
     if listed.returncode:
         return None
     names = {entry[3:] for entry in listed.stdout.decode().split("\0") if entry[:2] in ("??", "!!")}
-    return {n for n in names if "__pycache__/" not in n and not n.startswith(".venv/")}
+    stamps = {}
+    for name in names:
+        if "__pycache__/" in name or name.startswith(".venv/") or name.endswith("/"):
+            continue
+        try:
+            stamps[name] = (ROOT / name).stat().st_mtime_ns
+        except OSError:  # removed meanwhile
+            continue
+    return stamps
 
 
 def pytest_sessionstart(session):
@@ -107,10 +116,10 @@ def pytest_sessionfinish(session, exitstatus):
     if before is None or after is None:
         print("\nnote: not a git checkout: the check that tests write nothing into the working tree did not run")
         return
-    written = sorted(after - before)
+    written = sorted(name for name, stamp in after.items() if before.get(name) != stamp)
     if written:
         print(f"\nFAILED: the tests wrote {len(written)} file(s) into the working tree: {', '.join(written[:10])}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-_TREE_KEY = pytest.StashKey[Optional[set]]()
+_TREE_KEY = pytest.StashKey[Optional[dict]]()

@@ -49,8 +49,8 @@ def test_pretrained_initialises_across_datasets_with_fresh_optimizers(small_cfg,
     source.fit()
     target_cfg = preset("ped2").replace(
         data_root=str(second_dataset), cache_dir=small_cfg.cache_dir, weights_dir=small_cfg.weights_dir,
-        img_size=32, base_channels=8, model="stemgan", flownet="none", iters=1, batch_size=4, val_interval=0,
-        save_interval=0, tensorboard=False, device="cpu", pretrained="latest_toy")
+        log_dir=small_cfg.log_dir, img_size=32, base_channels=8, model="stemgan", flownet="none", iters=1,
+        batch_size=4, val_interval=0, save_interval=0, tensorboard=False, device="cpu", pretrained="latest_toy")
     target = Trainer(target_cfg, progress=False)
     for a, b in zip(target.generator.state_dict().values(), source.generator.state_dict().values()):
         assert torch.equal(a, b)

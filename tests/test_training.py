@@ -206,8 +206,8 @@ def test_toy_training_detects_the_toy_anomalies(toy_root, tmp_path):
     """A floor a broken loop cannot reach: an untrained U-Net scores about 0.64 and copy-last about 0.72 here."""
     from ffpvad.config import preset
     cfg = preset("toy").replace(data_root=str(toy_root), cache_dir=str(tmp_path / "c"),
-                                weights_dir=str(tmp_path / "w"), iters=150, val_interval=150, tensorboard=False,
-                                device="cpu")
+                                weights_dir=str(tmp_path / "w"), log_dir=str(tmp_path / "tb"), iters=150,
+                                val_interval=150, tensorboard=False, device="cpu")
     summary = Trainer(cfg, progress=False).fit()
     assert summary.best_auc > 0.80, summary.best_auc
 
