@@ -173,6 +173,10 @@ def process_group(device=None) -> Iterator[None]:
         if device is not None:
             init(device)
         yield
+        # A normal end: every rank arrives here before any leaves, so no rank tears its gloo pairs down while a
+        # peer's last messages are still in flight (a rank aborted once with "terminate called without an active
+        # exception" after its run had saved).  After an error torchrun stops the other ranks.
+        barrier()
     finally:
         shutdown()
 
