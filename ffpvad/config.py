@@ -25,7 +25,7 @@ import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from ffpvad.errors import UserError
 from ffpvad.ioutil import atomic_write_text
@@ -89,9 +89,10 @@ ANY_NUMBER = Range()
 
 
 def setting(default: Any, group: str, help: str, *, choices: Sequence[str] = (), range: Range | None = None,
-            kinds: Iterable[str] = ()) -> Any:
+            numbers: int = 0, kinds: Iterable[str] = ()) -> Any:
     """A Config field with its metadata: help ``group`` (one of GROUPS), ``help`` text, valid ``choices`` or numeric
-    ``range`` (numbers without one need only be finite), and the ``kinds`` (KINDS) it belongs to."""
+    ``range`` (numbers without one need only be finite), for a text of ``numbers`` comma-separated numbers (each in
+    ``range``) their count, and the ``kinds`` (KINDS) it belongs to."""
     if group not in GROUPS or not set(kinds) <= set(KINDS):
         raise ValueError(f"unknown group {group!r} or kinds {sorted(set(kinds) - set(KINDS))}")
     metadata: dict[str, Any] = dict(group=group, help=help, kinds=frozenset(kinds))
@@ -99,6 +100,8 @@ def setting(default: Any, group: str, help: str, *, choices: Sequence[str] = (),
         metadata["choices"] = tuple(choices)
     if range is not None:
         metadata["range"] = range
+    if numbers:
+        metadata["numbers"] = numbers
     return field(default=default, metadata=metadata)
 
 
@@ -109,10 +112,10 @@ _ARCH, _STAGE1, _EVAL = "architecture", "stage_one", "eval_override"
 class Config:
     # --- data -------------------------------------------------------------------------------------------------
     dataset: str = setting(
-        "toy", "data", "a preset name: toy, ped1, ped2, avenue, shanghai (alias shanghaitech), custom",
+        "toy", "data", "a dataset preset (config.PRESETS; shanghaitech = shanghai)",
         kinds={_ARCH, _EVAL})
     preset: str = setting(
-        "", "data", "a named recipe over the dataset preset (config.RECIPES: ped2_cpu); empty = none")
+        "", "data", "a named recipe over the dataset preset (config.RECIPES); empty = none")
     data_root: str = setting(
         "data", "data", "folder holding <dataset>/{training,testing}/frames/<video>/<frame>.jpg", kinds={_EVAL})
     labels: str = setting(
@@ -128,25 +131,26 @@ class Config:
         kinds={_ARCH, _STAGE1})
     # --- networks ---------------------------------------------------------------------------------------------
     model: str = setting(
-        "ffp", "networks", "generator registry name (ffpvad/models/registry.py); it also picks the method (ffpvad/methods/)",
+        "ffp", "networks", "generator (ffpvad/models/); it also picks the method that trains and scores it "
+        "(ffpvad/methods/)",
         kinds={_ARCH})
     base_channels: int = setting(
         64, "networks", "width of the first U-Net stage (64 in the paper)", range=AT_LEAST_ONE,
         kinds={_ARCH, _STAGE1})
     discriminator: str = setting(
         "pixel", "networks",
-        "discriminator registry name (pixel: FFP's PatchGAN; dcgan: Skip-GANomaly's)", kinds={_ARCH, _STAGE1})
+        "discriminator (ffpvad/models/; each method's settings pick its own)", kinds={_ARCH, _STAGE1})
     flownet: str = setting(
-        "none", "networks", "flow estimator (ffpvad/flow/core.py): auto, flownet2sd, spynet, lucaskanade, none",
+        "none", "networks", "flow estimator (ffpvad/flow/; auto: the best whose weights are here)",
         kinds={_ARCH, _STAGE1})
     flownet_weights: str = setting(
         "", "networks", "weights file of the flow network; empty = the usual places in weights/", kinds={_STAGE1})
     semantic: str = setting(
-        "auto", "networks", "F2LM's semantic input (ffpvad/models/semantic.py)", choices=("auto", "deeplabv3", "none"),
-        kinds={_ARCH, _STAGE1})
+        "auto", "networks", "frozen segmentation network of a generator with a semantic input "
+        "(ffpvad/models/semantic.py; auto: deeplabv3 when its weights are here)", kinds={_ARCH, _STAGE1})
     stage: str = setting(
-        "generator", "networks", "MAMA (--model=f2lm): generator (stage 1) or destroyer (stage 2, needs "
-        "--pretrained)", choices=("generator", "destroyer"), kinds={_ARCH})
+        "generator", "networks", "the training stage: generator (the first), or a later stage of the model's "
+        "method (ffpvad/methods/: Method.stages), which starts from --pretrained", kinds={_ARCH})
     # --- optimisation -----------------------------------------------------------------------------------------
     iters: int = setting(80000, "optimisation", "training steps", range=AT_LEAST_ONE)
     batch_size: int = setting(
@@ -254,8 +258,8 @@ class Config:
         "video", "evaluation", "min-max the anomaly score per video (FFP protocol) or over the test set",
         choices=("video", "global"), kinds={_EVAL})
     score: str = setting(
-        "psnr", "evaluation", "frame score of prediction methods (ffpvad/evaluation/scores.py): psnr (the paper), box16, box32, top5, "
-        "top1, moving", kinds={_EVAL})
+        "psnr", "evaluation", "frame score of a PSNR-scored method (ffpvad/evaluation/scores.py; psnr: the paper's)",
+        kinds={_EVAL})
     score_lambda: float = setting(
         0.9, "evaluation",
         "Skip-GANomaly: score = lambda * reconstruction error + (1 - lambda) * latent error",
@@ -263,7 +267,7 @@ class Config:
     score_weights: str = setting(
         "1,1,1,1", "evaluation",
         "MAMA: weights of the z-scored motion triplet, label triplet, generator error and Destroyer error (fixed; "
-        "tools/mama_weights.py searches them on test labels)", kinds={_EVAL})
+        "tools/mama_weights.py searches them on test labels)", numbers=4, range=NON_NEGATIVE, kinds={_EVAL})
     plots: bool = setting(True, "evaluation", "eval.py: write ROC and per-video score plots", kinds={_EVAL})
 
     def to_json(self) -> str:
@@ -394,7 +398,25 @@ def check_setting(name: str, value: Any, kind: type = float, choices: Sequence[s
             raise UserError(f"--{name}={value} is not valid: {allowed.describe(kind)}")
 
 
+def number_list(text: str, count: int, range: Range | None = None, name: str = "") -> tuple[float, ...]:
+    """The ``count`` comma-separated numbers of ``text``, each finite and in ``range``; else one UserError line
+    naming ``--name``."""
+    allowed = range or ANY_NUMBER
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count or not all(allowed.contains(v) for v in values):
+        example = ",".join(["1"] * count)
+        raise UserError(f"--{name}={text} is not valid: {count} comma-separated numbers, each "
+                        f"{allowed.describe(float, note=False).removeprefix('a finite number ')} (e.g. {example})")
+    return values
+
+
 def _check_field(f: dataclasses.Field, value: Any) -> None:
+    if f.metadata.get("numbers"):
+        number_list(value, f.metadata["numbers"], f.metadata.get("range"), f.name)
+        return
     check_setting(f.name, value, field_type(f), f.metadata.get("choices", ()), f.metadata.get("range"))
 
 
@@ -432,11 +454,13 @@ def _add_flag(group: Any, name: str, kind: type, help: str, choices: Sequence[st
         group.add_argument(f"--{name}", type=_converter(name, kind), metavar=metavar, help=text)
 
 
-def build_parser(prog: str, description: str, defaults: Config | None = None,
-                 extra: Sequence[Flag] = ()) -> argparse.ArgumentParser:
+def build_parser(prog: str, description: str, defaults: Config | None = None, extra: Sequence[Flag] = (),
+                 names: Mapping[str, Sequence[str]] | None = None) -> argparse.ArgumentParser:
     """The parser of every Config field (one flag each, in its help group, with its choices, range, help and
-    default: the field's, or ``defaults``'), of --config, and of the ``extra`` flags.  Flags not given are absent
-    from the namespace."""
+    default: the field's, or ``defaults``'), of --config, and of the ``extra`` flags.  ``names``: the valid names
+    of the fields that name a registry entry ({field: names}, from the registries: shown in --help, checked by
+    whoever passes them).  Flags not given are absent from the namespace."""
+    names = {"dataset": sorted({*PRESETS.names(), *DATASET_ALIASES}), "preset": RECIPES.names(), **(names or {})}
     defaults = defaults or Config()
     parser = OneLineParser(prog=prog, description=description, usage="%(prog)s [--flag=value ...]",
                            allow_abbrev=False, argument_default=argparse.SUPPRESS,
@@ -447,7 +471,7 @@ def build_parser(prog: str, description: str, defaults: Config | None = None,
     groups = {name: parser.add_argument_group(name) for name in GROUPS}
     for f in fields(Config):
         _add_flag(groups[f.metadata["group"]], f.name, field_type(f), f.metadata["help"],
-                  f.metadata.get("choices", ()), f.metadata.get("range"), getattr(defaults, f.name))
+                  f.metadata.get("choices", names.get(f.name, ())), f.metadata.get("range"), getattr(defaults, f.name))
     for flag in extra:
         if flag.group not in groups:
             groups[flag.group] = parser.add_argument_group(flag.group)
@@ -532,13 +556,13 @@ class Parsed(NamedTuple):
 
 
 def parse_command_line(argv: Sequence[str] | None, prog: str, description: str, settings_of: SettingsOf,
-                       extra: Sequence[Flag] = ()) -> Parsed:
+                       extra: Sequence[Flag] = (), names: Mapping[str, Sequence[str]] | None = None) -> Parsed:
     """Config from presets + --config + flags, the fields the user set explicitly (a resume keeps the others), and
     the values of the ``extra`` flags.  ``--help`` shows, as the defaults, what the --dataset, --preset, --model
     and --config given with it resolve to."""
     argv = list(sys.argv[1:] if argv is None else argv)
     defaults = _help_defaults(argv, settings_of) if ("-h" in argv or "--help" in argv) else None
-    given = vars(build_parser(prog, description, defaults, extra).parse_args(argv))
+    given = vars(build_parser(prog, description, defaults, extra, names).parse_args(argv))
     values = {}
     for flag in extra:
         values[flag.name] = given.pop(flag.name, flag.default)
@@ -556,25 +580,11 @@ def parse_command_line(argv: Sequence[str] | None, prog: str, description: str, 
     return Parsed(cfg, explicit, values)
 
 
-def score_weights(cfg: Config) -> tuple[float, float, float, float]:
-    """MAMA's four score weights (motion triplet, label triplet, generator error, Destroyer error)."""
-    try:
-        values = tuple(float(v) for v in cfg.score_weights.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4 or any(not (math.isfinite(v) and v >= 0) for v in values):
-        raise UserError(f"--score_weights={cfg.score_weights} is not valid: four non-negative numbers, e.g. 1,1,1,1 "
-                        f"(motion triplet, label triplet, generator error, Destroyer error)")
-    return values  # type: ignore[return-value]
-
-
 def validate(cfg: Config) -> None:
-    """Every field against its metadata (choices; numbers finite and in range), then the rules across fields."""
+    """Every field against its metadata (choices; numbers finite and in range).  The rules that join a field to a
+    registry entry (a --stage of the model's method, a --score of a PSNR-scored one) are cli.check_names'."""
     for f in fields(Config):
         _check_field(f, getattr(cfg, f.name))
-    score_weights(cfg)
-    if cfg.stage != "generator" and cfg.model != "f2lm":
-        raise UserError(f"--stage={cfg.stage} is MAMA's second stage: it needs --model=f2lm (got --model={cfg.model})")
 
 
 def config_from_dict(stored: Any, where: str = "the stored config") -> Config:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ffpvad.cli import parse_args, parse_command_line
+from ffpvad.cli import parse_args, parse_command_line, registry_names
 from ffpvad.config import GROUPS, Config, PRESETS, field_type, fields_of, preset, write_config
 from conftest import ROOT
 from ffpvad.errors import UserError
@@ -154,7 +154,12 @@ def test_help_is_grouped_with_choices_help_and_defaults(capsys):
     assert _entry(text, "amp").startswith("{auto,off,bf16,fp16} autocast precision")
     # Without --dataset, the defaults of a plain run: the toy preset's.
     assert _entry(text, "lr_g").endswith("a finite number > 0; default 0.0002")
-    assert "default 'toy'" in _entry(text, "dataset") and "(alias shanghaitech)" in _entry(text, "dataset")
+    assert _entry(text, "dataset").startswith("{avenue,custom,ped1,ped2,shanghai,shanghaitech,toy} a dataset preset")
+    assert "default 'toy'" in _entry(text, "dataset") and "shanghaitech = shanghai" in _entry(text, "dataset")
+    # Every setting that names a registry entry lists the registry's names, read from it.
+    for flag, names in registry_names().items():
+        assert _entry(text, flag).startswith("{" + ",".join(names) + "}"), flag
+    assert _entry(text, "stage").startswith("{generator,destroyer}")
     assert "--config PATH" in text
 
 

@@ -55,3 +55,21 @@ def test_the_worked_examples_train_and_evaluate(examples, model, small_cfg):
     assert [len(s) for s in result.scores] == [max(0, n - cfg.clip_len + 1) for n in test_set.videos.counts]
     if model == "l1recon_unet":  # the method's own score, not PSNR
         assert set(result.extras) == {"l1"}
+
+
+def test_the_worked_examples_reach_help_and_the_page(examples, small_cfg, capsys):
+    """A registered generator is in train.py's --help without an edit elsewhere, and the page streams with a
+    checkpoint of the example generator (a PSNR-scored method) but not with one of the example method."""
+    from ffpvad.cli import parse_command_line
+    from ffpvad.webapp.server import CheckpointInfo
+    with pytest.raises(SystemExit):
+        parse_command_line(["--help"], "train.py", "")
+    model_choices = re.search(r"--model \{([^}]*)\}", capsys.readouterr().out)[1].split(",")
+    assert {"tiny", "l1recon_unet", "ffp"} <= set(model_choices)
+    for model, detectable in (("tiny", True), ("l1recon_unet", False)):
+        cfg = small_cfg.replace(model=model, iters=1, val_interval=0,
+                                **METHODS.get(GENERATORS.info(model)["method"]).settings)
+        trainer = Trainer(cfg, progress=False)
+        trainer.fit()
+        info = CheckpointInfo._read(trainer.checkpoint_path("latest"), f"latest_{model}.pth")
+        assert (info["model"], info["detectable"]) == (model, detectable)

@@ -62,6 +62,7 @@ from ffpvad.evaluation.evaluate import pyplot, save_figure
 from ffpvad.ioutil import atomic_write_text, ensure_writable_dir, human_bytes, write_reason
 from ffpvad.data.labels import labels_from_intervals, read_interval_file
 from ffpvad.evaluation.localization import DEFAULT_SIGMA
+from ffpvad.evaluation.scores import SCORES
 from ffpvad.methods import method_for
 from ffpvad.evaluation.metrics import anomaly_scores, equal_error_rate, micro_auc
 from ffpvad.detection.predictor import Prediction, StreamPredictor, load_generator as load_stream_generator, to_model_frame  # noqa: F401
@@ -105,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gap", type=float, default=1.0, help="merge flagged intervals closer than this (seconds)")
     p.add_argument("--fps", type=float, default=0.0, help="frame rate (default: the video's; 25 for a folder)")
     p.add_argument("--max_frames", type=int, default=0, help="stop after this many frames (0 = all)")
-    p.add_argument("--score", default="", help="frame score (ffpvad/evaluation/scores.py): psnr (default, the paper's), box16, box32, "
-                                               "top5, top1, moving")
+    p.add_argument("--score", default="", metavar="{" + ",".join(SCORES.names()) + "}",
+                   help="frame score (ffpvad/evaluation/scores.py; default: the checkpoint's, psnr for the paper's)")
     p.add_argument("--sigma", type=float, default=None, help="smoothing of the error map in model pixels")
     p.add_argument("--heat_max", type=float, default=DEFAULT_HEAT_MAX,
                    help="squared error at which the heatmap saturates")

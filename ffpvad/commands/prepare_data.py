@@ -24,13 +24,14 @@ import cv2
 
 from ffpvad.config import OneLineParser  # (one-line errors for bad flags, as train.py / eval.py)
 from ffpvad.errors import UserError, run_cli
-from ffpvad.data.preparation import Options, prepare
+from ffpvad.data.preparation import PLANNERS, Options, prepare
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="prepare_data.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    parser.add_argument("dataset", help="ped1, ped2, avenue, shanghai (or shanghaitech), custom")
+    parser.add_argument("dataset", metavar="{" + ",".join(PLANNERS.names()) + "}",
+                        help="the dataset's planner (ffpvad/data/preparation/; shanghaitech = shanghai)")
     parser.add_argument("--src", action="append", required=True, metavar="PATH",
                         help="what you downloaded: a folder or a .tar/.tar.gz/.zip (repeat for several, e.g. "
                              "Avenue's videos and its ground_truth_demo)")

@@ -30,7 +30,7 @@ from ffpvad.config import Config
 from ffpvad.data.dataset import to_model_range
 from ffpvad.errors import UserError
 from ffpvad.evaluation.localization import DEFAULT_SIGMA, anomaly_maps
-from ffpvad.methods import method_for
+from ffpvad.methods import detectable_models, method_for
 from ffpvad.runtime import autocast, configure_threads, eval_batch_size, resolve_device
 from ffpvad.evaluation.scores import frame_score
 
@@ -65,7 +65,8 @@ def load_generator(checkpoint: str, weights_dir: str = "weights", overrides: Opt
     method = method_for(cfg)
     if not method.scores_by_psnr:
         raise UserError(f"{path} is a --model={cfg.model} checkpoint, {method.description}: detect.py runs "
-                        f"frame-prediction models scored by PSNR (ffp, stemgan); score its test frames with eval.py")
+                        f"frame-prediction models scored by PSNR ({', '.join(detectable_models())}); score its test "
+                        f"frames with eval.py")
     generator, _ = load_networks(path, state, cfg)
     generator.eval()
     n_channels = 3 * cfg.n_inputs

@@ -7,12 +7,12 @@ contextual + latent losses, score = lambda * reconstruction MSE + (1 - lambda) *
 ``destroyer`` (MAMA, Hong et al., IEEE Access 2024): the F2LM generator's prediction with triplet losses, then a
 Destroyer trained against it; score = weighted z-scored errors and triplet hinges.
 """
-from ffpvad.methods.base import (METHODS, Method, TrainingContext, first_stage, frozen_discriminator, method_for, method_of,
-                          method_of_model, model_settings, trainable_generator)
+from ffpvad.methods.base import (METHODS, Method, TrainingContext, detectable_models, first_stage, frozen_discriminator,
+                                method_for, method_of, method_of_model, model_settings, trainable_generator)
 from ffpvad.methods.prediction import PredictionMethod
 from ffpvad.methods.skipganomaly import SkipGANomalyMethod
 from ffpvad.methods.mama import DestroyerMethod, F2LMMethod
 
-__all__ = ["METHODS", "Method", "TrainingContext", "first_stage", "frozen_discriminator", "method_for", "method_of",
+__all__ = ["METHODS", "Method", "TrainingContext", "detectable_models", "first_stage", "frozen_discriminator", "method_for", "method_of",
            "method_of_model", "model_settings", "trainable_generator", "PredictionMethod", "SkipGANomalyMethod",
            "F2LMMethod", "DestroyerMethod"]

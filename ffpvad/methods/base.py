@@ -214,6 +214,12 @@ def method_of_model(model: str) -> "Method":
     return METHODS.get(GENERATORS.info(model)["method"])
 
 
+def detectable_models() -> list[str]:
+    """The generators whose checkpoints detect.py and the web page stream with: those of a method scored by PSNR
+    alone (the frame-prediction method), read from the registries."""
+    return [model for model in GENERATORS if method_of_model(model).scores_by_psnr]
+
+
 def method_of(cfg: Config) -> "Method":
     """The method that trains ``cfg.model`` at ``cfg.stage`` (not yet checked against the config)."""
     method = method_of_model(cfg.model)

@@ -22,7 +22,7 @@ from torch import nn
 
 from ffpvad import losses
 from ffpvad.losses import mama
-from ffpvad.config import Config, fields_of, score_weights
+from ffpvad.config import Config, fields_of, number_list
 from ffpvad.errors import UserError
 from ffpvad.methods.base import METHODS, Method, TrainingContext, frozen_discriminator
 from ffpvad.methods.prediction import PredictionMethod
@@ -156,7 +156,7 @@ class F2LMMethod(Method):
 
     def anomaly_values(self, psnr: list[np.ndarray], extras: dict[str, list[np.ndarray]],
                        cfg: Config) -> list[np.ndarray]:
-        weights = score_weights(cfg)
+        weights = number_list(cfg.score_weights, 4)  # motion triplet, label triplet, generator and Destroyer error
         return [mama.combined_score({name: values[v] for name, values in extras.items()}, weights)
                 for v in range(len(psnr))]
 

@@ -191,13 +191,16 @@ class CheckpointInfo:
             raise Refused(f"{shown(relative)} is not a frame-prediction checkpoint this page can use "
                           f"({found['error']}): choose another{role}")
         if not found.get("detectable"):
-            raise Refused(f"{shown(relative)} is not a frame-prediction checkpoint (ffp, stemgan; it is "
-                          f"--model={found.get('model')}): choose another{role}")
+            from ffpvad.methods import detectable_models  # torch: loaded by describe's read already
+            raise Refused(f"{shown(relative)} is not a frame-prediction checkpoint ({', '.join(detectable_models())}; "
+                          f"it is --model={found.get('model')}): choose another{role}")
         return found
 
     @staticmethod
     def _read(path: Path, relative: str) -> dict:
-        from ffpvad.checkpoint import read_for_scoring  # torch: imported on first use, so the page itself starts quickly
+        # torch: imported on first use, so the page itself starts quickly
+        from ffpvad.checkpoint import read_for_scoring
+        from ffpvad.methods import detectable_models
         info: dict[str, Any] = {"path": relative, "name": path.stem}
         try:
             state, cfg = read_for_scoring(path)
@@ -216,7 +219,7 @@ class CheckpointInfo:
         info.update(dataset=cfg.dataset, model=cfg.model, img_size=cfg.img_size,
                     step=step if isinstance(step, int) and not isinstance(step, bool) else None,
                     auc=_finite(auc) if isinstance(auc, float) and auc > 0 else None,
-                    detectable=cfg.model in ("ffp", "stemgan"),
+                    detectable=cfg.model in detectable_models() and cfg.stage == "generator",
                     curves=str(log_dir / f"{cfg.dataset}_bs{batch}" / "curves.csv"))
         return info
 
