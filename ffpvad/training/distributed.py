@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import gc
 import os
 import sys
 from dataclasses import dataclass
@@ -156,9 +157,12 @@ def shutdown() -> None:
     """Leave the process group (idempotent); restore standard output."""
     global _group, _saved_stdout
     if _group is not None:
-
         _group = None
         if dist.is_initialized():
+            # DDP wrappers left in reference cycles would otherwise be freed at interpreter exit, after the group
+            # is gone, and their gloo threads' destructors abort the process ("terminate called without an active
+            # exception", SIGABRT) after a run that has saved: free them now, while the group still exists.
+            gc.collect()
             dist.destroy_process_group()
     if _saved_stdout is not None:
         sys.stdout.close()
