@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,8 @@ def _job_train_resume_evaluate(rank, cfg, out):
         explicit={"iters", "resume", "weights_dir"})
     resumed = Trainer(resumed_cfg, resume_from=state, progress=False)
     resumed.fit()
-    result = evaluate(straight.eval_generator, straight.test_set, straight.cfg, straight.device, progress=False)
+    result = evaluate(replace(straight.inference, amp_dtype=None, channels_last=False), straight.test_set,
+                      progress=False)
     gathered = distributed.all_gather_object(result.metrics.micro_auc)
     if rank == 0:
         np.savez(out / "psnr.npz", *result.psnr)
@@ -168,10 +170,11 @@ def test_two_processes_equal_one_with_the_double_batch_and_resume_anywhere(cfg, 
     from ffpvad.data.dataset import TestSet
     from ffpvad.commands.eval import load_model
     from ffpvad.evaluation.evaluate import evaluate
+    from ffpvad.inference import Inference
 
     eval_cfg, generator, _, _, _ = load_model(cfg.replace(trained_model=str(out / "straight" / "g_best_auc_toy.pth")),
                                            explicit=set())
-    result = evaluate(generator, TestSet.load(eval_cfg), eval_cfg, torch.device("cpu"), progress=False)
+    result = evaluate(Inference(generator, eval_cfg, torch.device("cpu")), TestSet.load(eval_cfg), progress=False)
     with np.load(out / "psnr.npz") as saved:
         gathered = [saved[f"arr_{k}"] for k in range(len(saved.files))]
     assert len(gathered) == len(result.psnr) == 10

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import types
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -51,7 +52,7 @@ def test_the_worked_examples_train_and_evaluate(examples, model, small_cfg):
     assert set(summary.history[0].as_dict()) == {*trainer.method.loss_names, "psnr"}
     assert all(np.isfinite(v) for step in summary.history for v in step.as_dict().values())
     test_set = TestSet.load(cfg)
-    result = evaluate(trainer.eval_generator, test_set, cfg, trainer.device, None, False, progress=False)
+    result = evaluate(replace(trainer.inference, amp_dtype=None, channels_last=False), test_set, progress=False)
     assert [len(s) for s in result.scores] == [max(0, n - cfg.clip_len + 1) for n in test_set.videos.counts]
     if model == "l1recon_unet":  # the method's own score, not PSNR
         assert set(result.extras) == {"l1"}

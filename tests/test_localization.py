@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from ffpvad.errors import UserError
-from ffpvad.evaluation.localization import (PixelAccumulator, _k_of, anomaly_maps, error_maps, frame_value, pixel_curve,
+from ffpvad.evaluation.localization import (PixelAccumulator, _k_of, anomaly_maps, frame_value, pixel_curve,
                           pixel_metrics, pixel_mask_source, smooth_maps)
-from ffpvad.evaluation.metrics import psnr
+from ffpvad.evaluation.metrics import error_map, psnr
 
 
 def test_anomalous_frame_value_is_the_threshold_up_to_which_40_percent_are_covered():
@@ -86,7 +86,7 @@ def test_per_frame_reduction_equals_the_brute_force_threshold_sweep(seed):
 def test_error_map_mean_is_the_mse_of_psnr():
     torch.manual_seed(0)
     prediction, target = torch.rand(3, 3, 8, 8) * 2 - 1, torch.rand(3, 3, 8, 8) * 2 - 1
-    mse = error_maps(prediction, target).flatten(1).mean(1)
+    mse = error_map(prediction, target).flatten(1).mean(1)
     assert torch.allclose(10 * torch.log10(1 / mse), psnr(prediction, target), atol=1e-4)
 
 

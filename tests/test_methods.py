@@ -62,8 +62,7 @@ def test_every_method_keeps_the_contract(name, small_cfg):
 
     # Evaluation: one finite score per predicted frame of every test video.
     test_set = TestSet.load(cfg)
-    result = evaluate(trainer.eval_generator, test_set, cfg, trainer.device, trainer.amp_dtype,
-                      trainer.channels_last, progress=False, discriminator=trainer.scoring_discriminator)
+    result = evaluate(trainer.inference, test_set, progress=False)
     expected = [max(0, n - cfg.clip_len + 1) for n in test_set.videos.counts]
     assert [len(s) for s in result.scores] == [len(p) for p in result.psnr] == expected
     assert all(np.isfinite(s).all() for s in result.scores)

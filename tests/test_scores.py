@@ -68,6 +68,7 @@ def test_no_score_looks_at_a_later_frame(small_cfg):
     """A stream's scores up to frame t are the same whatever comes after t, for every registered score."""
     from ffpvad.models import build_generator
     from ffpvad.detection.predictor import StreamPredictor
+    from ffpvad.inference import Inference
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(20)]
@@ -75,8 +76,8 @@ def test_no_score_looks_at_a_later_frame(small_cfg):
     for name in SCORES.names():
         cfg = small_cfg.replace(score=name, eval_batch_size=3)
         generator = build_generator(cfg).eval()
-        run = lambda seq: [p.psnr for p in StreamPredictor(generator, cfg, torch.device("cpu"), None, False,  # noqa: E731
-                                                           maps=False).run(seq)]
+        ctx = Inference(generator, cfg, torch.device("cpu"))
+        run = lambda seq: [p.psnr for p in StreamPredictor(ctx, maps=False).run(seq)]  # noqa: E731
         a, b = run(frames), run(changed)
         assert a[:12] == b[:12], name
         assert a[12:] != b[12:], name  # and the later frames do change the later scores

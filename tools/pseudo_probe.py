@@ -23,6 +23,7 @@ from ffpvad.data.dataset import VideoSet
 from ffpvad.training.engine import split_holdout
 from ffpvad.errors import UserError, run_cli
 from ffpvad.evaluation.evaluate import predict_psnr
+from ffpvad.inference import Inference
 from ffpvad.runtime import resolve_amp, use_channels_last
 
 
@@ -43,12 +44,12 @@ def main() -> int:
         if not cfg.val_holdout:
             raise UserError(f"{path} was trained without --val_holdout: it has no held-out videos to probe with")
         generator, _ = load_networks(path, state, cfg)
-        amp, nhwc = resolve_amp(cfg, device), use_channels_last(cfg, device)
-        generator = generator.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+        cfg = cfg.replace(device="cpu")
+        ctx = Inference.set_up(cfg, generator, compute=(resolve_amp(cfg, device), use_channels_last(cfg, device)))
         _, holdout = split_holdout(VideoSet.load(cfg, "training"), cfg.val_holdout)
 
         def predict(videos: VideoSet) -> list[np.ndarray]:
-            return predict_psnr(generator, videos, cfg, device, amp, nhwc, progress=False)
+            return predict_psnr(ctx, videos, progress=False)
 
         normal = predict(holdout)
         cells = []

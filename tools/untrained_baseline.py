@@ -23,6 +23,7 @@ def main() -> int:
     from ffpvad.evaluation.evaluate import evaluate
     from ffpvad.methods import method_for
     from ffpvad.models import build_discriminator, build_generator
+    from ffpvad.inference import Inference
     from ffpvad.runtime import resolve_amp, resolve_device
 
     device = resolve_device(cfg.device)
@@ -31,8 +32,8 @@ def main() -> int:
         torch.manual_seed(seed)
         generator = build_generator(cfg).to(device)
         discriminator = build_discriminator(cfg).to(device) if method_for(cfg).scores_with_discriminator else None
-        result = evaluate(generator, test_set, cfg, device, resolve_amp(cfg, device), progress=False,
-                          discriminator=discriminator)
+        ctx = Inference(generator, cfg, device, resolve_amp(cfg, device), discriminator=discriminator)
+        result = evaluate(ctx, test_set, progress=False)
         print(f"{cfg.dataset} untrained {cfg.model} (width {cfg.base_channels}, {cfg.img_size}px), seed {seed}: "
               f"micro AUC {100 * result.metrics.micro_auc:.2f}%")
     return 0

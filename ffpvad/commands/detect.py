@@ -53,20 +53,18 @@ import torch
 from tqdm import tqdm
 
 from ffpvad.evaluation import calibration as cal
-from ffpvad.training.autotune import inference_settings
 from ffpvad.checkpoint import load_checkpoint
 from ffpvad.config import NON_NEGATIVE, POSITIVE, OneLineParser, Range, check_setting, parse_bool
 from ffpvad.data.dataset import frames_dir
 from ffpvad.errors import STOP_SIGNALS, UserError, run_cli
 from ffpvad.evaluation.evaluate import pyplot, save_figure
+from ffpvad.inference import Inference, load_for_stream
 from ffpvad.ioutil import atomic_write_text, ensure_writable_dir, human_bytes, write_reason
 from ffpvad.data.labels import labels_from_intervals, read_interval_file
 from ffpvad.evaluation.localization import DEFAULT_SIGMA
 from ffpvad.evaluation.scores import SCORES
-from ffpvad.methods import method_for
 from ffpvad.evaluation.metrics import anomaly_scores, equal_error_rate, micro_auc
-from ffpvad.detection.predictor import Prediction, StreamPredictor, load_generator as load_stream_generator, to_model_frame  # noqa: F401
-from ffpvad.runtime import configure_threads, resolve_device
+from ffpvad.detection.predictor import Prediction, StreamPredictor, to_model_frame  # noqa: F401
 from ffpvad.evaluation.scene import colour_spread, mismatch_warnings, trained_on_grey
 from ffpvad.data.video_io import open_source
 from ffpvad.detection.video_out import atomic_video
@@ -155,11 +153,12 @@ def check_options(args: argparse.Namespace) -> None:
 # --- the checkpoint -------------------------------------------------------------------------------------------
 
 def load_generator(args: argparse.Namespace):
-    """(config, generator, checkpoint path) for this run's flags (predictor.load_generator checks it can stream)."""
+    """(config, generator, checkpoint path) for this run's flags (inference.load_for_stream checks it can
+    stream)."""
     overrides = {k: getattr(args, k) for k in ("device", "amp", "channels_last", "num_threads", "data_root",
                                                "cache_dir", "score") if getattr(args, k)}
     overrides["eval_batch_size"] = args.batch_size  # 0 = automatic: the training machine's setting does not apply
-    return load_stream_generator(args.trained_model, args.weights_dir, overrides, args.img_size)
+    return load_for_stream(args.trained_model, args.weights_dir, overrides, args.img_size)
 
 
 # --- streaming prediction -------------------------------------------------------------------------------------
@@ -365,8 +364,9 @@ def prepare_output(args: argparse.Namespace, source, checkpoint: Path) -> Path:
     return ensure_writable_dir(folder, "to output folder", OUTPUT_FIX)
 
 
-def get_calibration(args, cfg, generator, checkpoint: Path, device, amp_dtype, channels_last, sigma):
+def get_calibration(args: argparse.Namespace, ctx: Inference, sigma: float):
     """The causal calibration: loaded, or computed (and saved) when asked, missing or made for another checkpoint."""
+    cfg, checkpoint = ctx.cfg, ctx.checkpoint
     path = Path(args.calibration) if args.calibration else cal.calibration_path(checkpoint)
     sha = cal.file_sha256(checkpoint)
     if not args.calibrate and path.exists():
@@ -382,7 +382,7 @@ def get_calibration(args, cfg, generator, checkpoint: Path, device, amp_dtype, c
         print(f"note: {path} {why}: calibrating again")
     if args.calibrate and args.calibrate != "dataset":
         normal = open_source(args.calibrate, args.fps)
-        predictor = StreamPredictor(generator, cfg, device, amp_dtype, channels_last, sigma, maps=False)
+        predictor = StreamPredictor(ctx, sigma, maps=False)
         values = [p.psnr for p in _progress(predictor.run(normal.frames()), normal.n_frames, "calibrating",
                                             args.progress) if p.psnr is not None]
         result = cal.from_psnr(values, f"normal footage {args.calibrate}", sha, cfg.img_size, optimistic=False,
@@ -393,8 +393,8 @@ def get_calibration(args, cfg, generator, checkpoint: Path, device, amp_dtype, c
                             f"{frames_dir(cfg, 'training')} to make one: pass --data_root=<folder with "
                             f"{cfg.dataset}/>, or --calibrate=<video of normal activity>, or use --norm=video")
         print(f"calibrating the causal score on the normal training frames of {cfg.dataset} (once; saved to {path})")
-        result = cal.from_dataset(generator, cfg, device, amp_dtype, channels_last, sha, args.progress)
-    result.save(path, checkpoint, {"amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"})
+        result = cal.from_dataset(ctx, sha, args.progress)
+    result.save(path, checkpoint, {"amp": ctx.precision})
     return cal.Calibration.load(path), path, True  # as stored (4 decimals): this run and later ones agree
 
 
@@ -439,16 +439,11 @@ def set_up(args: argparse.Namespace, source) -> Run:
         raise UserError("--norm=video needs the whole video (per-video min-max): a camera has none, use "
                         "--norm=causal")
     folder = prepare_output(args, source, checkpoint)
-    device = resolve_device(cfg.device)
-    configure_threads(cfg, device)
-    cfg, amp_dtype, channels_last = inference_settings(cfg, device, method_for(cfg), generator)
-    generator = generator.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    ctx = Inference.set_up(cfg, generator, checkpoint=checkpoint)
     sigma = DEFAULT_SIGMA if args.sigma is None else args.sigma
-    run = Run(cfg, StreamPredictor(generator, cfg, device, amp_dtype, channels_last, sigma), checkpoint, norm,
-              folder, sigma)
+    run = Run(ctx.cfg, StreamPredictor(ctx, sigma), ctx.checkpoint, norm, folder, sigma)
     if norm == "causal":
-        run.calib, run.calib_path, _ = get_calibration(args, cfg, generator, checkpoint, device, amp_dtype,
-                                                       channels_last, sigma)
+        run.calib, run.calib_path, _ = get_calibration(args, ctx, sigma)
         calib = run.calib
         print(f"causal calibration: {calib.n_frames} normal frames from {calib.source}"
               + (" (optimistic: the network trained on them)" if calib.optimistic else "")

@@ -20,14 +20,13 @@ flags: the real false-alarm rate of the live detector against its target.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from ffpvad.training import distributed
-from ffpvad.training.autotune import inference_settings
 from ffpvad.evaluation.calibration import Calibration, benchmark_rates, calibration_path, file_sha256
 from ffpvad.checkpoint import (architecture_conflicts, load_networks, read_for_scoring, resolve_checkpoint,
                         selection_rule)
@@ -38,10 +37,11 @@ from ffpvad.errors import UserError, run_cli
 from ffpvad.evaluation.evaluate import evaluate, summary_table, write_results
 from ffpvad.ioutil import ensure_writable_dir
 from ffpvad.evaluation.localization import DEFAULT_SIGMA, PixelAccumulator, pixel_mask_source
+from ffpvad.inference import PLAIN, Inference
 from ffpvad.methods import method_for
 from ffpvad.models import build_generator, is_trainable
 from ffpvad.models.quantize import quantize_int8
-from ffpvad.runtime import configure_threads, resolve_device
+from ffpvad.runtime import resolve_device
 
 # Flags that may differ from the checkpoint's config at evaluation time (data location, hardware, outputs): the
 # fields of kind "eval_override" in ffpvad/config.py.
@@ -135,6 +135,21 @@ def causal_rates(checkpoint_name: str, weights_dir: str, result, fpr: float,
     ]
 
 
+def check_int8(cfg: Config, baseline: bool, discriminator, explicit: set[str]) -> None:
+    """--quantize=int8 applies: a CPU run of a trained generator that scores without its discriminator."""
+    device = resolve_device(cfg.device)
+    if device.type != "cpu":
+        raise UserError(f"--quantize=int8 runs on the CPU only (its int8 kernels are CPU kernels): "
+                        f"add --device=cpu or use --quantize=off on {device}")
+    if baseline:
+        raise UserError(f"--quantize=int8: the baseline --model={cfg.model} has no weights to quantize")
+    if discriminator is not None:
+        raise UserError(f"--quantize=int8 quantizes the generator only, and --model={cfg.model} also scores "
+                        f"with its discriminator: use --quantize=off")
+    if "amp" in explicit:
+        print(f"note: --amp={cfg.amp} is unused: --quantize=int8 runs int8 kernels in place of autocast")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     cfg, explicit, extra = parse_command_line(argv, "eval.py", __doc__, EXTRA_FLAGS)
     quantize = extra["quantize"]
@@ -149,40 +164,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if writes:  # the run folder write_results fills, proven writable before any frame is predicted
         ensure_writable_dir(Path(cfg.results_dir) / (f"{run}_int8" if quantize == "int8" else run),
                             "results folder", RESULTS_FIX)
-    device = resolve_device(cfg.device)
-    configure_threads(cfg, device)
-    distributed.init(device)  # torchrun: each rank predicts a share of the test videos, rank 0 writes
+    distributed.init(resolve_device(cfg.device))  # torchrun: each rank predicts a share of the test videos
     baseline = described.startswith("baseline")
-    if quantize == "int8":  # int8 kernels replace autocast and pick their own layout (below)
-        amp, channels_last = None, False
-    else:
-        cfg, amp, channels_last = inference_settings(cfg, device, method_for(cfg), generator)
     if quantize == "int8":
-        if device.type != "cpu":
-            raise UserError(f"--quantize=int8 runs on the CPU only (its int8 kernels are CPU kernels): "
-                            f"add --device=cpu or use --quantize=off on {device}")
-        if baseline:
-            raise UserError(f"--quantize=int8: the baseline --model={cfg.model} has no weights to quantize")
-        if discriminator is not None:
-            raise UserError(f"--quantize=int8 quantizes the generator only, and --model={cfg.model} also scores "
-                            f"with its discriminator: use --quantize=off")
-        if "amp" in explicit:
-            print(f"note: --amp={cfg.amp} is unused: --quantize=int8 runs int8 kernels in place of autocast")
+        check_int8(cfg, baseline, discriminator, explicit)
+    # int8 kernels replace autocast and pick their own layout: the float generator is set up plain, then quantized
+    ctx = Inference.set_up(cfg, generator, discriminator, compute=PLAIN if quantize == "int8" else None)
+    cfg = ctx.cfg
+    if quantize == "int8":
         clips = distributed.in_turn(lambda: calibration_clips(cfg))  # torchrun: rank 0 builds the frame cache
-        generator = quantize_int8(generator, calibration_batches(cfg, clips), cfg.model)
+        ctx = replace(ctx, generator=quantize_int8(ctx.generator, calibration_batches(cfg, clips), cfg.model))
         described += f"; int8 (calibrated on {len(clips)} training clips)"
         run += "_int8"
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    generator = generator.to(device, memory_format=memory_format)
-    if discriminator is not None:
-        discriminator = discriminator.to(device, memory_format=memory_format).eval()
     test_set = distributed.in_turn(lambda: TestSet.load(cfg))  # torchrun: rank 0 builds the frame cache first
     videos = test_set.videos
     masks_of, mask_where = pixel_mask_source(cfg.data_root, cfg.dataset, videos.names, videos.counts,
                                              extra.get("pixel_masks", ""))
     pixels = PixelAccumulator(masks_of, extra.get("pixel_sigma", DEFAULT_SIGMA)) if masks_of else None
-    result = evaluate(generator, test_set, cfg, device, amp, channels_last,
-                      on_batch=pixels.add if pixels else None, discriminator=discriminator)
+    result = evaluate(ctx, test_set, on_batch=pixels.add if pixels else None)
     if pixels is not None and distributed.active():  # torchrun: the pixel-level values of every rank's videos
         pixels.values, pixels.labels = distributed.concat_across_ranks(pixels.values, pixels.labels)
     if not distributed.is_main():

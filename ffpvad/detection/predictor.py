@@ -22,17 +22,11 @@ from typing import Iterable, Iterator, Optional
 import cv2
 import numpy as np
 import torch
-from torch import nn
 
-from ffpvad.training.autotune import inference_settings
-from ffpvad.checkpoint import load_networks, read_for_scoring, resolve_checkpoint
-from ffpvad.config import Config
 from ffpvad.data.dataset import to_model_range
-from ffpvad.errors import UserError
 from ffpvad.evaluation.localization import DEFAULT_SIGMA, anomaly_maps
-from ffpvad.methods import detectable_models, method_for
-from ffpvad.runtime import autocast, configure_threads, eval_batch_size, resolve_device
 from ffpvad.evaluation.scores import frame_score
+from ffpvad.inference import Inference
 
 
 @dataclass
@@ -51,47 +45,17 @@ def to_model_frame(frame_bgr: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(frame_bgr[:, :, ::-1])
 
 
-def load_generator(checkpoint: str, weights_dir: str = "weights", overrides: Optional[dict] = None,
-                   img_size: int = 0) -> tuple[Config, nn.Module, Path]:
-    """(config, generator in eval mode, checkpoint path) with the generator checked to run on the frames a stream
-    feeds it.  ``overrides``: run-time settings (device, amp, channels_last, num_threads, data_root, cache_dir,
-    eval_batch_size) that replace the checkpoint's."""
-    path = resolve_checkpoint(checkpoint, weights_dir)
-    state, stored = read_for_scoring(path)
-    cfg = stored.replace(**(overrides or {}))
-    if img_size and img_size != cfg.img_size:
-        raise UserError(f"--img_size={img_size} but {path} was trained on {cfg.img_size}x{cfg.img_size} "
-                        f"frames: detect.py resizes every frame to the checkpoint's size, drop --img_size")
-    method = method_for(cfg)
-    if not method.scores_by_psnr:
-        raise UserError(f"{path} is a --model={cfg.model} checkpoint, {method.description}: detect.py runs "
-                        f"frame-prediction models scored by PSNR ({', '.join(detectable_models())}); score its test "
-                        f"frames with eval.py")
-    generator, _ = load_networks(path, state, cfg)
-    generator.eval()
-    n_channels = 3 * cfg.n_inputs
-    try:
-        with torch.inference_mode():
-            out = generator(torch.zeros(1, n_channels, cfg.img_size, cfg.img_size))
-    except RuntimeError as exc:
-        raise UserError(f"{path}: the generator does not run on {cfg.img_size}x{cfg.img_size} frames with "
-                        f"{n_channels} channels ({str(exc).splitlines()[0]})") from None
-    if tuple(out.shape) != (1, 3, cfg.img_size, cfg.img_size):
-        raise UserError(f"{path}: the generator turns {cfg.img_size}x{cfg.img_size} frames into {tuple(out.shape)}, "
-                        f"not one {cfg.img_size}x{cfg.img_size} RGB frame: a checkpoint of another size")
-    return cfg, generator, Path(path)
-
-
 class StreamPredictor:
     """Predicts each frame of a stream from the clip_len-1 frames before it (module docstring)."""
 
-    def __init__(self, generator: nn.Module, cfg: Config, device: torch.device, amp_dtype: Optional[torch.dtype],
-                 channels_last: bool, sigma: float = DEFAULT_SIGMA, maps: bool = True):
-        self.generator, self.cfg, self.device = generator, cfg, device
-        self.amp_dtype, self.channels_last, self.sigma, self.maps = amp_dtype, channels_last, sigma, maps
-        self.method = method_for(cfg)
-        self.score = frame_score(cfg.score)
-        self.batch_size = eval_batch_size(cfg, device)
+    def __init__(self, ctx: Inference, sigma: float = DEFAULT_SIGMA, maps: bool = True):
+        self.ctx, self.cfg, self.sigma, self.maps = ctx, ctx.cfg, sigma, maps
+        self.score = frame_score(ctx.cfg.score)
+        self.batch_size = ctx.batch_size
+
+    @property
+    def checkpoint(self) -> Optional[Path]:
+        return self.ctx.checkpoint
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str, weights_dir: str = "weights", device: str = "auto",
@@ -100,14 +64,7 @@ class StreamPredictor:
         """A predictor on this machine's device for a checkpoint (a name in ``weights_dir`` or a path)."""
         overrides = dict(device=device, amp=amp, channels_last=channels_last, num_threads=num_threads,
                          eval_batch_size=batch_size)
-        cfg, generator, path = load_generator(checkpoint, weights_dir, overrides)
-        dev = resolve_device(cfg.device)
-        configure_threads(cfg, dev)
-        cfg, amp_dtype, nhwc = inference_settings(cfg, dev, method_for(cfg), generator)
-        generator = generator.to(dev, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
-        predictor = cls(generator, cfg, dev, amp_dtype, nhwc, sigma, maps)
-        predictor.checkpoint = path
-        return predictor
+        return cls(Inference.for_stream(checkpoint, weights_dir, overrides), sigma, maps)
 
     def run(self, frames: Iterable[np.ndarray]) -> Iterator[Prediction]:
         n_inputs = self.cfg.n_inputs
@@ -128,13 +85,8 @@ class StreamPredictor:
 
     @torch.inference_mode()
     def _flush(self, pending: list) -> list[Prediction]:
-        x = to_model_range(torch.from_numpy(np.stack([clip for _, _, clip in pending])).to(self.device))
-        inputs, target = self.method.split(x)
-        if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp_dtype):
-            prediction, _ = self.method.predict(self.generator, inputs)
-        prediction = prediction.float()
+        x = to_model_range(torch.from_numpy(np.stack([clip for _, _, clip in pending])).to(self.ctx.device))
+        prediction, target, _ = self.ctx.predict(x)
         values = self.score(prediction, target, x[:, -2]).cpu().numpy()  # PSNR, or --score's dB value
         if not self.maps:
             return [Prediction(i, f, float(v)) for (i, f, _), v in zip(pending, values)]

@@ -40,6 +40,7 @@ import numpy as np
 from ffpvad.data.dataset import VideoSet, frames_dir
 from ffpvad.errors import UserError
 from ffpvad.evaluation.evaluate import predict_psnr
+from ffpvad.inference import Inference
 from ffpvad.ioutil import atomic_write_text
 
 KIND = "ffp-vad-calibration"
@@ -200,9 +201,10 @@ def from_psnr(values: Sequence[float], source: str, checkpoint_sha256: str, img_
                        score)
 
 
-def from_dataset(generator, cfg, device, amp_dtype, channels_last: bool, checkpoint_sha256: str,
-                 progress: bool = True) -> Calibration:
-    """PSNR of the normal training frames of the checkpoint's dataset (held-out videos when val_holdout > 0)."""
+def from_dataset(ctx: Inference, checkpoint_sha256: str, progress: bool = True) -> Calibration:
+    """PSNR of the normal training frames of the checkpoint's dataset (held-out videos when val_holdout > 0), by
+    the generator of ``ctx``."""
+    cfg = ctx.cfg
     if not dataset_available(cfg):
         raise UserError(f"cannot calibrate: no training frames of {cfg.dataset} at {frames_dir(cfg, 'training')} "
                         f"(pass --data_root=<folder holding {cfg.dataset}/>, or --calibrate=<video of normal "
@@ -211,7 +213,7 @@ def from_dataset(generator, cfg, device, amp_dtype, channels_last: bool, checkpo
     holdout = int(getattr(cfg, "val_holdout", 0) or 0)
     ids, optimistic = normal_videos(training.names, training.counts, holdout, cfg.clip_len)
     subset = VideoSet([training.names[i] for i in ids], [training.frames[i] for i in ids])
-    values = predict_psnr(generator, subset, cfg, device, amp_dtype, channels_last, progress)
+    values = predict_psnr(ctx, subset, progress)
     split = (f"the {holdout} held-out training videos" if not optimistic
              else "the training videos the network was trained on (optimistic: see ffpvad/evaluation/calibration.py)")
     return from_psnr(np.concatenate(values), f"{cfg.dataset} training split at {frames_dir(cfg, 'training')}",

@@ -16,7 +16,6 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from ffpvad.training import distributed
@@ -24,9 +23,8 @@ from ffpvad.config import Config
 from ffpvad.errors import UserError
 from ffpvad.data.dataset import TestSet, VideoSet, iter_test_batches, n_predicted_frames, to_model_range
 from ffpvad.ioutil import atomic_path, atomic_write_text, ensure_writable_dir
-from ffpvad.methods import method_for
+from ffpvad.inference import Inference
 from ffpvad.evaluation.metrics import FrameMetrics, anomaly_scores, metrics_of_scores, normalise_scores
-from ffpvad.runtime import autocast, eval_batch_size
 from ffpvad.evaluation.scores import frame_score
 
 
@@ -36,42 +34,34 @@ BatchHook = Callable[[int, np.ndarray, torch.Tensor, torch.Tensor], None]
 
 
 @torch.inference_mode()
-def predict_psnr(generator: nn.Module, videos: VideoSet, cfg: Config, device: torch.device,
-                 amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-                 progress: bool = True, on_batch: Optional[BatchHook] = None,
+def predict_psnr(ctx: Inference, videos: VideoSet, progress: bool = True, on_batch: Optional[BatchHook] = None,
                  errors: Optional["FrameErrorCollector"] = None) -> list[np.ndarray]:
     """PSNR of every predicted frame (targets clip_len-1 .. T-1), one array per video, batched over frames: the
-    value of ``--score`` in dB (ffpvad/evaluation/scores.py; PSNR itself by default).  ``errors`` keeps the method's other per-frame
-    errors of the same predictions."""
+    value of ``--score`` in dB (ffpvad/evaluation/scores.py; PSNR itself by default).  ``errors`` keeps the
+    method's other per-frame errors of the same predictions."""
+    generator, clip_len = ctx.generator, ctx.cfg.clip_len
     was_training = generator.training
     generator.eval()
-    out = [np.empty(max(0, n - cfg.clip_len + 1), dtype=np.float64) for n in videos.counts]
-    bar = tqdm(total=n_predicted_frames(videos, cfg.clip_len), desc="evaluating", unit="frame",
+    out = [np.empty(max(0, n - clip_len + 1), dtype=np.float64) for n in videos.counts]
+    bar = tqdm(total=n_predicted_frames(videos, clip_len), desc="evaluating", unit="frame",
                disable=not progress, leave=False)
-    batch_size = eval_batch_size(cfg, device)
-    method = method_for(cfg)
-    score = frame_score(cfg.score)
-    for v, targets, clips in iter_test_batches(videos, cfg.clip_len, batch_size):
-        x = to_model_range(clips.to(device, non_blocking=True))
-        inputs, target = method.split(x)
-        if channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp_dtype):
-            prediction, terms = method.predict(generator, inputs)
-        out[v][targets - (cfg.clip_len - 1)] = score(prediction.float(), target, x[:, -2]).cpu().numpy()
+    score = frame_score(ctx.cfg.score)
+    for v, targets, clips in iter_test_batches(videos, clip_len, ctx.batch_size):
+        x = to_model_range(clips.to(ctx.device, non_blocking=True))
+        prediction, target, terms = ctx.predict(x)
+        out[v][targets - (clip_len - 1)] = score(prediction, target, x[:, -2]).cpu().numpy()
         if errors is not None:
-            errors.add(v, targets, prediction.float(), target, terms)
+            errors.add(v, targets, prediction, target, terms)
         if on_batch is not None:
-            on_batch(v, targets, prediction.float(), target)
+            on_batch(v, targets, prediction, target)
         bar.update(len(targets))
     bar.close()
     generator.train(was_training)
     return out
 
 
-def predict_psnr_sharded(generator: nn.Module, videos: VideoSet, cfg: Config, device: torch.device,
-                         amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-                         progress: bool = True, on_batch: Optional[BatchHook] = None,
+def predict_psnr_sharded(ctx: Inference, videos: VideoSet, progress: bool = True,
+                         on_batch: Optional[BatchHook] = None,
                          errors: Optional["FrameErrorCollector"] = None) -> list[np.ndarray]:
     """:func:`predict_psnr` over all torchrun ranks: each predicts its share of the videos (with rank 0's weights,
     broadcast first) and every rank gets every video's PSNRs back, in video order.  The batches are the
@@ -79,14 +69,13 @@ def predict_psnr_sharded(generator: nn.Module, videos: VideoSet, cfg: Config, de
     ``on_batch`` and ``errors`` see this rank's batches with the global video index.  Without a group:
     predict_psnr itself."""
     if not distributed.active():
-        return predict_psnr(generator, videos, cfg, device, amp_dtype, channels_last, progress, on_batch, errors)
-    distributed.broadcast_module(generator)
+        return predict_psnr(ctx, videos, progress, on_batch, errors)
+    distributed.broadcast_module(ctx.generator)
     mine = distributed.shard(videos.counts, distributed.world_size(), distributed.rank())
     subset = VideoSet([videos.names[v] for v in mine], [videos.frames[v] for v in mine])
     hook = None if on_batch is None else (lambda v, targets, p, t: on_batch(mine[v], targets, p, t))
     local_errors = None if errors is None else errors.remapped(mine)
-    local = predict_psnr(generator, subset, cfg, device, amp_dtype, channels_last, progress and distributed.is_main(),
-                         hook, local_errors)
+    local = predict_psnr(ctx, subset, progress and distributed.is_main(), hook, local_errors)
     out: list = [None] * len(videos.names)
     for part in distributed.all_gather_object(list(zip(mine, local))):
         for v, values in part:
@@ -125,11 +114,9 @@ class FrameErrorCollector:
     """Keeps a method's per-frame errors beyond PSNR (e.g. Skip-GANomaly's latent error, MAMA's triplet hinges),
     per video, from each batch's prediction, target and the terms the method's ``predict`` returned."""
 
-    def __init__(self, method, videos: VideoSet, cfg: Config, discriminator: Optional[nn.Module],
-                 device: torch.device, amp_dtype: Optional[torch.dtype], channels_last: bool):
-        self.method, self.discriminator, self.cfg = method, discriminator, cfg
-        self.device, self.amp_dtype, self.channels_last = device, amp_dtype, channels_last
-        self.lengths = [max(0, n - cfg.clip_len + 1) for n in videos.counts]
+    def __init__(self, ctx: Inference, videos: VideoSet):
+        self.ctx = ctx
+        self.lengths = [max(0, n - ctx.cfg.clip_len + 1) for n in videos.counts]
         self.values: dict[str, list[np.ndarray]] = {}
         self.filled: set[int] = set()
         self._video_index: Optional[Sequence[int]] = None
@@ -144,14 +131,9 @@ class FrameErrorCollector:
             terms: dict[str, torch.Tensor]) -> None:
         if self._video_index is not None:
             v = self._video_index[v]
-        if self.channels_last:
-            prediction = prediction.contiguous(memory_format=torch.channels_last)
-            target = target.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp_dtype):
-            errors = self.method.frame_errors(prediction, target, terms, self.discriminator)
-        for name, value in errors.items():
+        for name, value in self.ctx.frame_errors(prediction, target, terms).items():
             per_video = self.values.setdefault(name, [np.full(n, np.nan) for n in self.lengths])
-            per_video[v][targets - (self.cfg.clip_len - 1)] = value.float().cpu().numpy()
+            per_video[v][targets - (self.ctx.cfg.clip_len - 1)] = value.float().cpu().numpy()
         self.filled.add(v)
 
     def gathered(self) -> dict[str, list[np.ndarray]]:
@@ -168,23 +150,19 @@ class FrameErrorCollector:
         return out
 
 
-def evaluate(generator: nn.Module, test_set: TestSet, cfg: Config, device: torch.device,
-             amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-             progress: bool = True, on_batch: Optional[BatchHook] = None,
-             discriminator: Optional[nn.Module] = None) -> EvalResult:
+def evaluate(ctx: Inference, test_set: TestSet, progress: bool = True,
+             on_batch: Optional[BatchHook] = None) -> EvalResult:
     """Predict (or reconstruct) every scored test frame, score it by the generator's method and compute the
-    frame-level metrics.  ``discriminator`` is needed by methods whose score uses it (Skip-GANomaly)."""
+    frame-level metrics.  Methods whose score uses the discriminator (Skip-GANomaly) need it in ``ctx``."""
     # Under torchrun every rank must call this: each predicts a share of the videos and all get every PSNR back;
     # in a plain run it is predict_psnr itself.
-    method = method_for(cfg)
+    cfg, method = ctx.cfg, ctx.method
     collector = None
-    if method.scores_with_discriminator and discriminator is None:
+    if method.scores_with_discriminator and ctx.discriminator is None:
         raise UserError(f"--model={cfg.model} scores frames with its discriminator, and none was given")
     if method.needs_frame_errors:
-        collector = FrameErrorCollector(method, test_set.videos, cfg, discriminator, device, amp_dtype,
-                                        channels_last)
-    values = predict_psnr_sharded(generator, test_set.videos, cfg, device, amp_dtype, channels_last, progress,
-                                  on_batch, collector)
+        collector = FrameErrorCollector(ctx, test_set.videos)
+    values = predict_psnr_sharded(ctx, test_set.videos, progress, on_batch, collector)
     extras = collector.gathered() if collector else {}
     labels = [y[cfg.clip_len - 1:] for y in test_set.labels]
     if method.scores_by_psnr and cfg.score_norm == "video":

@@ -43,21 +43,13 @@ from ffpvad.errors import UserError
 from ffpvad.data.frames import numbered_files
 from ffpvad.data.labels import (MASK_EXTENSIONS, PIXEL_MASKS, load_pixel_masks, read_npy_masks, read_ucsd_gt_mask_folder,
                     ucsd_gt_folders)
-from ffpvad.evaluation.metrics import equal_error_rate
+from ffpvad.evaluation.metrics import equal_error_rate, error_map
 
 DEFAULT_SIGMA = 2.0  # Gaussian smoothing of the error map, in pixels of the model's resolution
 COVERAGE = 0.4  # the UCSD rule: a frame is detected when >= 40% of its truly anomalous pixels are flagged
 
 
 # --- anomaly maps ---------------------------------------------------------------------------------------------
-
-def error_maps(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) images in [-1, 1] -> (B, H, W) squared error on [0, 1] averaged over channels.
-
-    The mean of a map over its pixels is the MSE of :func:`metrics.psnr`: PSNR = 10 log10(1 / mean(map)).
-    """
-    return ((prediction.float() - target.float()) / 2.0).pow(2).mean(dim=1)
-
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
     radius = max(1, int(math.ceil(3.0 * sigma)))
@@ -81,7 +73,7 @@ def smooth_maps(maps: torch.Tensor, sigma: float = DEFAULT_SIGMA) -> torch.Tenso
 
 def anomaly_maps(prediction: torch.Tensor, target: torch.Tensor, sigma: float = DEFAULT_SIGMA) -> torch.Tensor:
     """The smoothed per-pixel error: (B, H, W), larger = more anomalous."""
-    return smooth_maps(error_maps(prediction, target), sigma)
+    return smooth_maps(error_map(prediction, target), sigma)
 
 
 # --- the UCSD pixel-level criterion ---------------------------------------------------------------------------

@@ -16,10 +16,26 @@ from sklearn.metrics import roc_auc_score, roc_curve
 MAX_PSNR = 100.0  # a perfect prediction (MSE 0) would be +inf dB; capped so that every score stays finite
 
 
+def squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) images in [-1, 1] -> their per-pixel, per-channel squared error on [0, 1], in float32: the one
+    error of this project, behind PSNR, every --score (ffpvad/evaluation/scores.py) and the anomaly maps."""
+    return ((prediction.float() - target.float()) / 2.0).pow(2)
+
+
+def error_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) squared error on [0, 1], averaged over the channels; its mean over the pixels is the MSE of
+    :func:`psnr`: PSNR = 10 log10(1 / mean(map))."""
+    return squared_error(prediction, target).mean(dim=1)
+
+
+def decibels(error: torch.Tensor) -> torch.Tensor:
+    """10 log10(1 / e), capped: a perfect prediction is MAX_PSNR, not infinity."""
+    return (10.0 * torch.log10(1.0 / error.clamp_min(10 ** (-MAX_PSNR / 10)))).clamp_max(MAX_PSNR)
+
+
 def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sample PSNR in dB of images given in [-1, 1], computed on [0, 1] over all pixels and channels."""
-    error = ((prediction.float() - target.float()) / 2.0).pow(2).flatten(1).mean(dim=1)
-    return (10.0 * torch.log10(1.0 / error.clamp_min(10 ** (-MAX_PSNR / 10)))).clamp_max(MAX_PSNR)
+    return decibels(squared_error(prediction, target).flatten(1).mean(dim=1))
 
 
 def anomaly_scores(psnr_values: np.ndarray) -> np.ndarray:

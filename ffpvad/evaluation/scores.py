@@ -32,23 +32,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ffpvad.evaluation.metrics import MAX_PSNR, psnr
+from ffpvad.evaluation.metrics import decibels, error_map, psnr
 from ffpvad.registry import Registry
 
 # (prediction, target, previous frame), each (N, 3, H, W) in [-1, 1] -> (N,) scores in dB (higher = more normal)
 FrameScore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 SCORES: Registry[FrameScore] = Registry("--score")
 NOISE_WEIGHT = 1.0 / 255  # the weight of a pixel that did not change (``moving``): one grey level
-
-
-def error_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) squared error on [0, 1], averaged over the channels."""
-    return ((prediction.float() - target.float()) / 2.0).pow(2).mean(dim=1)
-
-
-def decibels(error: torch.Tensor) -> torch.Tensor:
-    """10 log10(1 / e), capped like metrics.psnr (a perfect prediction is MAX_PSNR, not infinity)."""
-    return (10.0 * torch.log10(1.0 / error.clamp_min(10 ** (-MAX_PSNR / 10)))).clamp_max(MAX_PSNR)
 
 
 @SCORES.register("psnr", description="PSNR of the whole frame (FFP, the paper's score)")

@@ -46,6 +46,7 @@ from ffpvad.config import Config, config_from_dict, fields_of, write_config
 from ffpvad.data.dataset import ClipSampler, TestSet, TrainClips, VideoSet, strided_window_start, to_model_range
 from ffpvad.errors import STOP_SIGNALS, Interrupted, UserError
 from ffpvad.evaluation.evaluate import evaluate, predict_psnr_sharded
+from ffpvad.inference import Inference
 from ffpvad.flow import build_flownet, store_weights_in
 from ffpvad.ioutil import WriteFailed, atomic_write_text, ensure_writable_dir, write_fix, write_reason
 from ffpvad.methods import TrainingContext, method_for, method_of
@@ -345,6 +346,12 @@ class Trainer:
         """The discriminator when the method's score uses it (Skip-GANomaly's latent error), else None."""
         return self.discriminator if self.method.scores_with_discriminator else None
 
+    @property
+    def inference(self) -> Inference:
+        """The validated weights as an inference context: how validation predicts, exactly as eval.py does."""
+        return Inference(self.eval_generator, self.cfg, self.device, self.amp_dtype, self.channels_last,
+                         self.scoring_discriminator)
+
     def state(self) -> dict[str, Any]:
         # "generator" holds the weights to evaluate (what eval.py, detect.py and --pretrained read); with --ema the
         # raw weights and the average's state are kept as well, for an exact resume.
@@ -488,8 +495,7 @@ class Trainer:
     # --- validation and logging -------------------------------------------------------------------------------
     def validate_holdout(self) -> None:
         """Mean PSNR on the held-out normal training videos; the best one is kept as g_best_val (no test labels)."""
-        values = predict_psnr_sharded(self.eval_generator, self.holdout, self.cfg, self.device,
-                                      self.amp_dtype, self.channels_last, progress=False)
+        values = predict_psnr_sharded(self.inference, self.holdout, progress=False)
         mean_psnr = float(np.mean(np.concatenate(values)))
         self._figure("holdout_psnr", mean_psnr)
         if mean_psnr > self.best_val_psnr:
@@ -503,9 +509,8 @@ class Trainer:
     def validate_pseudo(self, normal_values: list[np.ndarray]) -> None:
         """The held-out clips against their pseudo-anomalous versions (ffpvad/data/pseudo.py): both figures logged, the one
         --val_pseudo names keeps g_best_pseudo (no test labels)."""
-        figures = pseudo_figures(normal_values, lambda videos: predict_psnr_sharded(
-            self.eval_generator, videos, self.cfg, self.device, self.amp_dtype, self.channels_last, progress=False),
-            self.holdout)
+        figures = pseudo_figures(normal_values, lambda videos: predict_psnr_sharded(self.inference, videos,
+                                                                                   progress=False), self.holdout)
         self._figure("pseudo_auc", figures["auc"])
         self._figure("pseudo_gap_db", figures["gap_db"])
         value = figures[STATISTICS[self.cfg.val_pseudo]]
@@ -521,8 +526,7 @@ class Trainer:
             self.validate_holdout()
         if self.test_set is None:
             return math.nan
-        result = evaluate(self.eval_generator, self.test_set, self.cfg, self.device, self.amp_dtype,
-                          self.channels_last, progress=self.progress, discriminator=self.scoring_discriminator)
+        result = evaluate(self.inference, self.test_set, progress=self.progress)
         auc = result.metrics.micro_auc
         self._curve({"test_auc": auc})
         if self.writer is not None:
