@@ -478,7 +478,7 @@ def ped2(setup: Setup) -> dict[str, Any]:
     trained = _command([sys.executable, "train.py", *flags], timeout=max(60, setup.args.budget_s))
     rows = [{"what": f"train.py ped2 256 px, {steps} steps", "rc": trained["rc"], "seconds": trained["seconds"],
              "result": trained["tail"][-200:]}]
-    from ffpvad.training.engine import CurveLog
+    from ffpvad.training.runlog import CurveLog
     curve = {}
     for line in CurveLog.read_lines(work / "logs" / "ped2_bs4" / "curves.csv"):
         step, name, value = line.strip().split(",")

@@ -190,7 +190,7 @@ def test_stage_one_trains_every_parameter_and_no_frozen_one(mama_cfg, with_stub_
         starved = [n for n, p in network.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
         assert not starved, f"{name} parameters without gradient: {starved}"
     assert all(p.grad is None and not p.requires_grad for p in generator.aux.semantic.parameters())
-    cache = trainer.method_cache["f2lm"]  # inputs computed once per frame pair / frame, then reused
+    cache = trainer.context.cache["f2lm"]  # inputs computed once per frame pair / frame, then reused
     assert len(cache["flow"]) == 3 * 4 and len(cache["labels"]) <= 4 * 4
     ids, clips = trainer.next_clips()
     before = len(cache["flow"])

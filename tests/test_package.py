@@ -64,6 +64,20 @@ def test_importing_the_package_imports_no_torch():
     assert done.stdout.split()[0] == "False"
 
 
+# docs/design.md 'Imports': the modules that stay torch-free (the page, the preparation tool and the run-log readers
+# start without loading torch)
+TORCH_FREE = ("ffpvad.config", "ffpvad.registry", "ffpvad.errors", "ffpvad.ioutil", "ffpvad.data.frames",
+              "ffpvad.data.labels", "ffpvad.data.preparation", "ffpvad.training.runlog")
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_the_torch_free_modules_import_no_torch(module):
+    done = subprocess.run([sys.executable, "-c", f"import sys, {module}; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, cwd="/")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "False", f"{module} imports torch"
+
+
 def _tracked_copy(dest: Path) -> Path:
     """The files a clone has (git ls-files), copied: what a user installs, without this checkout's build outputs."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,

@@ -76,7 +76,7 @@ def test_pseudo_anomaly_training_clips_are_strided_training_frames_and_the_loss_
     trainer = Trainer(cfg, progress=False)
     clips = trainer.train_clips
     ids = np.array([0, len(clips) - 1, 3, 5])
-    made = trainer.pseudo_anomaly_clips(ids)
+    made = trainer.context.pseudo_clips(ids)
     assert made.shape[0] == 2  # the first half of the batch
     for k, clip_id in enumerate(ids[:2]):
         v, start = clips.index[clip_id]

@@ -49,7 +49,7 @@ def test_flow_loss_alone_reaches_the_generator(small_cfg, tmp_path):
     assert result.g_flow > 0
     grad = sum(p.grad.abs().sum() for p in trainer.generator.parameters() if p.grad is not None)
     assert grad > 0
-    assert set(trainer.gt_flow) == {int(i) for i in ids}  # ground-truth flow computed once, kept
+    assert set(trainer.context.cache["ground_truth_flow"]) == {int(i) for i in ids}  # ground-truth flow computed once, kept
     assert not any(p.requires_grad for p in trainer.flownet.parameters())
 
 
@@ -213,7 +213,7 @@ def test_toy_training_detects_the_toy_anomalies(toy_root, tmp_path):
 
 
 def test_training_curves_are_logged_and_a_resumed_run_keeps_them_up_to_its_step(small_cfg):
-    from ffpvad.training.engine import CurveLog
+    from ffpvad.training.runlog import CurveLog
     cfg = small_cfg.replace(iters=4, log_interval=1, val_interval=2, save_interval=2, tensorboard=False)
     Trainer(cfg, progress=False).fit()
     path = Path(cfg.log_dir) / "toy_bs4" / "curves.csv"  # written with --tensorboard=false too

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 import score_table  # (tools/, beside this file: its mean ± sd cell)
-from ffpvad.training.engine import CurveLog
+from ffpvad.training.runlog import CurveLog
 from ffpvad.errors import UserError, run_cli
 
 RULES = {  # rule -> the curve it maximises (None: the last validation)

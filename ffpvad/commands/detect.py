@@ -49,7 +49,6 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ffpvad.evaluation import calibration as cal

@@ -30,6 +30,8 @@ from torch import nn
 
 from ffpvad.training import distributed
 from ffpvad.config import Config
+from ffpvad.data.dataset import to_model_range
+from ffpvad.data.pseudo import SKIP
 from ffpvad.errors import UserError
 from ffpvad.models import GENERATORS, is_trainable
 from ffpvad.registry import Registry
@@ -62,11 +64,28 @@ class TrainingContext:
     rank: int
     run_generator: Callable[..., Any]
     run_discriminator: Callable[..., Any]
-    ground_truth_flow: Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
-    # --pseudo_anomaly: the pseudo-anomalous clips (model range, on the device) made from some of a batch's clips,
-    # or None when the option is off (ffpvad/data/pseudo.py)
-    pseudo_clips: Callable[[Any], Optional[torch.Tensor]] = lambda clip_ids: None
     cache: dict[str, Any] = field(default_factory=dict)  # what a method computes once per training frame
+
+    def ground_truth_flow(self, clip_ids, last: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The frozen flow network's flow of each clip's (last input, target) pair, computed once per clip and kept
+        (float16, on the CPU) in ``cache["ground_truth_flow"]``: the flow of a training clip never changes."""
+        kept = self.cache.setdefault("ground_truth_flow", {})
+        missing = [i for i, c in enumerate(clip_ids) if int(c) not in kept]
+        if missing:
+            with torch.no_grad(), self.autocast():
+                flow = self.flownet(torch.stack([last[missing], target[missing]], dim=2)).float()
+            for i, f in zip(missing, flow):
+                kept[int(clip_ids[i])] = f.to("cpu", torch.float16)
+        return torch.stack([kept[int(c)].float() for c in clip_ids]).to(self.device)
+
+    def pseudo_clips(self, clip_ids) -> Optional[torch.Tensor]:
+        """--pseudo_anomaly=skip: the stride-SKIP clips of the first half of this rank's clips (at least one), in
+        the model's range on the device; None when the option is off (ffpvad/data/pseudo.py)."""
+        if not self.cfg.pseudo_anomaly:
+            return None
+        ids = clip_ids[:max(1, len(clip_ids) // 2)]
+        clips = self.train_clips.strided_batch(ids, SKIP)
+        return to_model_range(clips.to(self.device, non_blocking=True))
 
     def autocast(self):
         """The run's autocast (bf16/fp16 or off) on its device."""

@@ -7,7 +7,7 @@ lam_int * L_int (Eq. 1) + lam_grad * L_gd (Eq. 2) + lam_flow * L_op (Eq. 3) + la
 The score is the PSNR of the predicted frame (Eq. 10), min-max normalised per video (Eq. 11).
 Ours: ``--pseudo_anomaly=skip`` adds lam_pseudo * (lam_int * L_int + lam_grad * L_gd) of G's prediction from a
 stride-3 clip against that clip's last input frame (ffpvad/data/pseudo.py states the loss and why); off by default.
-Ours: the ground-truth flow of a clip is computed once and kept (engine.Trainer.ground_truth_flow); flows enter the
+Ours: the ground-truth flow of a clip is computed once and kept (TrainingContext.ground_truth_flow); flows enter the
 flow loss divided by ``--flow_loss_scale`` (FlowNet's native unit; docs/flow.md).
 """
 from __future__ import annotations

@@ -48,13 +48,14 @@ from ffpvad.errors import STOP_SIGNALS, Interrupted, UserError
 from ffpvad.evaluation.evaluate import evaluate, predict_psnr_sharded
 from ffpvad.inference import Inference
 from ffpvad.flow import build_flownet, store_weights_in
-from ffpvad.ioutil import WriteFailed, atomic_write_text, ensure_writable_dir, write_fix, write_reason
+from ffpvad.ioutil import WriteFailed, ensure_writable_dir, write_fix, write_reason
 from ffpvad.methods import TrainingContext, method_for, method_of
 from ffpvad.models import build_discriminator, build_generator, is_trainable
 from ffpvad.data.pseudo import SKIP, STATISTICS, pseudo_figures
+from ffpvad.training.runlog import CURVES, CurveLog, run_dir
 from ffpvad.training.tensorboard_log import TensorBoardLog
-from ffpvad.runtime import (InterruptLatch, autocast, configure_threads, resolve_device, rng_state, seed_everything,
-                     set_rng_state, signals_held, signals_ignored, versions)
+from ffpvad.runtime import (InterruptLatch, configure_threads, resolve_device, rng_state, seed_everything, set_rng_state,
+                            signals_held, signals_ignored, versions)
 from ffpvad.evaluation.metrics import psnr
 
 # Fields that define the networks and the data they were trained on: a resumed run cannot change them.
@@ -168,61 +169,6 @@ def check_pseudo_anomaly_videos(training: VideoSet, clip_len: int) -> None:
                         f"{'is' if len(short) == 1 else 'are'} shorter: leave --pseudo_anomaly empty or drop them")
 
 
-class CurveLog:
-    """``curves.csv`` in the run's log folder (``<log_dir>/<dataset>_bs<global batch>/``): one ``step,name,value``
-    row per logged loss (every ``--log_interval`` steps) and per validation figure (test AUC, held-out PSNR,
-    pseudo-anomaly AUC), what the web page draws as training curves.  Plain text, written whether or not TensorBoard
-    logs are; a new run starts the file again, a resumed run keeps the rows up to its checkpoint's step (a crash may
-    have logged steps after it, which the resumed run logs again)."""
-
-    HEADER = "step,name,value\n"
-
-    def __init__(self, path: Path, resumed_step: Optional[int]):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        kept = [line for line in self.read_lines(path) if int(line.split(",", 1)[0]) <= resumed_step] \
-            if resumed_step is not None else []
-        atomic_write_text(path, self.HEADER + "".join(kept))
-        self.path = path
-        self.handle: Optional[Any] = open(path, "a")
-
-    @staticmethod
-    def read_lines(path: Path) -> list[str]:
-        """The well-formed rows of a curves file (a row cut short by a crash is skipped)."""
-        try:
-            lines = path.read_text().splitlines(keepends=True)[1:]
-        except OSError:
-            return []
-        good = []
-        for line in lines:
-            parts = line.rstrip("\n").split(",")
-            if line.endswith("\n") and len(parts) == 3 and parts[0].isdigit():
-                try:
-                    float(parts[2])
-                except ValueError:
-                    continue
-                good.append(line)
-        return good
-
-    def add(self, step: int, values: dict[str, float]) -> None:
-        """Append the rows of one step; a log disk that fills up stops the curves (said once), never the run."""
-        if self.handle is None:
-            return
-        try:
-            self.handle.write("".join(f"{step},{name},{float(value):.6g}\n" for name, value in values.items()))
-            self.handle.flush()
-        except OSError as exc:
-            print(f"note: the training curves stop at step {step} ({write_reason(self.path, exc)}); training goes on")
-            self.close()
-
-    def close(self) -> None:
-        if self.handle is not None:
-            try:
-                self.handle.close()
-            except OSError:  # the buffered rows of a full disk: already said in add()
-                pass
-            self.handle = None
-
-
 class StepLosses:
     """The losses of one step by name (the method's ``loss_names``) plus the training PSNR; read as attributes."""
 
@@ -310,7 +256,6 @@ class Trainer:
         self.global_batch = cfg.batch_size * self.world
         self.sampler = ClipSampler(len(self.train_clips), self.global_batch, cfg.manualseed)
         self.test_set: Optional[TestSet] = distributed.in_turn(lambda: TestSet.load(cfg)) if cfg.val_interval else None
-        self.gt_flow: dict[int, torch.Tensor] = {}
 
         self.last_saved: Optional[tuple[Path, int]] = None  # (path, step) of the last 'latest' written by this run
         self.step, self.best_auc, self.best_step = 0, -math.inf, -1
@@ -327,10 +272,8 @@ class Trainer:
             generator=self.generator, discriminator=self.discriminator, opt_g=self.opt_g, opt_d=self.opt_d,
             scaler_g=self.scaler_g, scaler_d=self.scaler_d, flownet=self.flownet, train_clips=self.train_clips,
             rank=self.rank, run_generator=distributed.wrap(self.generator, self.device),
-            run_discriminator=distributed.wrap(self.discriminator, self.device),
-            ground_truth_flow=self.ground_truth_flow, pseudo_clips=self.pseudo_anomaly_clips)
-        self.method_cache = self.context.cache  # what a method computes once per training frame (MAMA's inputs)
-        self.run_dir = Path(cfg.log_dir) / f"{cfg.dataset}_bs{self.global_batch}"
+            run_discriminator=distributed.wrap(self.discriminator, self.device))
+        self.run_dir = run_dir(cfg.log_dir, cfg.dataset, self.global_batch)
         self.writer = None
         self.curves: Optional[CurveLog] = None
         self.resumed = resume_from is not None
@@ -457,25 +400,6 @@ class Trainer:
         ids = self.sampler.next_batch()[self.rank * b:(self.rank + 1) * b]
         return ids, self.train_clips.batch(ids)
 
-    def pseudo_anomaly_clips(self, clip_ids) -> Optional[torch.Tensor]:
-        """--pseudo_anomaly=skip: the stride-SKIP clips of the first half of this rank's clips (at least one), in
-        the model's range on the device; None when the option is off (ffpvad/data/pseudo.py)."""
-        if not self.cfg.pseudo_anomaly:
-            return None
-        ids = clip_ids[:max(1, len(clip_ids) // 2)]
-        clips = self.train_clips.strided_batch(ids, SKIP)
-        return to_model_range(clips.to(self.device, non_blocking=True))
-
-    def ground_truth_flow(self, clip_ids, last: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The frozen flow network's flow of each clip's (last input, target) pair, computed once per clip."""
-        missing = [i for i, c in enumerate(clip_ids) if int(c) not in self.gt_flow]
-        if missing:
-            with torch.no_grad(), autocast(self.device, self.amp_dtype):
-                flow = self.flownet(torch.stack([last[missing], target[missing]], dim=2)).float()
-            for i, f in zip(missing, flow):
-                self.gt_flow[int(clip_ids[i])] = f.to("cpu", torch.float16)
-        return torch.stack([self.gt_flow[int(c)].float() for c in clip_ids]).to(self.device)
-
     def train_step(self, clip_ids, clips_uint8: torch.Tensor) -> StepLosses:
         """One alternating update on this rank's clips (the method's train_step); the losses returned are the means
         over the global batch."""
@@ -590,9 +514,9 @@ class Trainer:
         if self.rank != 0:
             return
         try:
-            self.curves = CurveLog(self.run_dir / "curves.csv", self.step if self.resumed else None)
+            self.curves = CurveLog(self.run_dir / CURVES, self.step if self.resumed else None)
         except OSError as exc:  # the curves are for looking at: a log folder that cannot be written costs them only
-            print(f"note: no training curves ({self.run_dir / 'curves.csv'}: {exc.strerror or exc})")
+            print(f"note: no training curves ({self.run_dir / CURVES}: {exc.strerror or exc})")
         if not self.cfg.tensorboard:
             return
         from tensorboardX import SummaryWriter  # deferred: only runs that log load it

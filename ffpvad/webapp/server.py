@@ -49,7 +49,7 @@ from starlette.requests import ClientDisconnect
 
 from ffpvad.errors import SPACE_ERRNOS, UserError
 from ffpvad.ioutil import WriteFailed, ensure_writable_dir, is_write_error, write_failed
-
+from ffpvad.training.runlog import CURVES, CurveLog, run_dir
 from ffpvad.webapp.files import (CHECKPOINT_EXTENSIONS, VIDEO_EXTENSIONS, Refused, check_name, confined_file, cut_name,
                           inside, inside_any, json_type, listing, plain_name, read_confined, real_path,
                           receive_upload, safe_name, shown, unique_stamp)
@@ -220,7 +220,7 @@ class CheckpointInfo:
                     step=step if isinstance(step, int) and not isinstance(step, bool) else None,
                     auc=_finite(auc) if isinstance(auc, float) and auc > 0 else None,
                     detectable=cfg.model in detectable_models() and cfg.stage == "generator",
-                    curves=str(log_dir / f"{cfg.dataset}_bs{batch}" / "curves.csv"))
+                    curves=str(run_dir(log_dir, cfg.dataset, batch) / CURVES))
         return info
 
 
@@ -268,14 +268,13 @@ def read_scores(folder: Path) -> list[dict]:
 
 
 def read_curves(path: Optional[str]) -> dict[str, list[list[float]]]:
-    """The training curves of a run (engine.CurveLog's rows) by name: [[step, value], ...]; {} when the file is
+    """The training curves of a run (runlog.CurveLog's rows) by name: [[step, value], ...]; {} when the file is
     absent, a link leading out of its log folder, or damaged."""
     if not isinstance(path, str) or not path:
         return {}
     real = confined_file(Path(path).parent, Path(path).name)
     if real is None:
         return {}
-    from ffpvad.training.engine import CurveLog  # the reader of the training loop's own file (torch is loaded by then anyway)
     curves: dict[str, list[list[float]]] = {}
     try:
         for line in CurveLog.read_lines(real):
