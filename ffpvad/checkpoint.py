@@ -26,6 +26,7 @@ from torch import nn
 from ffpvad.errors import UserError
 from ffpvad.config import Config, config_from_dict
 from ffpvad.ioutil import atomic_path
+from ffpvad.training.selection import RULES
 from ffpvad.models import DISCRIMINATORS, GENERATORS, build_discriminator, build_generator
 
 KIND = "vad-gan-checkpoint"
@@ -44,8 +45,8 @@ def resolve_checkpoint(name: str, weights_dir: str | Path) -> Path:
 
 
 # Metadata fields and their types where present (older checkpoints lack some); floats may be -inf (no best yet).
-_INT_FIELDS = ("step", "best_step", "best_val_step", "best_pseudo_step")
-_FLOAT_FIELDS = ("best_auc", "best_val_psnr", "best_pseudo")
+_INT_FIELDS = ("step", *(rule.step_key for rule in RULES))
+_FLOAT_FIELDS = tuple(rule.value_key for rule in RULES)
 _DICT_FIELDS = ("config", "generator", "discriminator", "generator_raw", "ema", "opt_g", "opt_d", "sched_g",
                 "sched_d", "scaler_g", "scaler_d", "rng", "sampler", "distributed")
 # The networks' weights, which must be finite: every reader of the checkpoint uses them.
@@ -227,15 +228,3 @@ def load_networks(path: Path | str, state: dict[str, Any], cfg: Config,
                      f"--model={cfg.model} scores with its --discriminator={cfg.discriminator}, which the checkpoint "
                      f"does not hold")
     return generator, discriminator
-
-
-def selection_rule(checkpoint: Path | str) -> str:
-    """How the run chose this checkpoint, from its name (what results tables must state beside an AUC)."""
-    stem = Path(checkpoint).stem
-    for prefix, rule in (("g_best_auc", "best on test (looks at the test labels)"),
-                         ("g_best_val", "held-out PSNR (no test labels)"),
-                       ("g_best_pseudo", "pseudo-anomaly AUC on held-out videos (no test labels)"),
-                       ("latest", "last checkpoint")):
-        if stem.startswith(prefix):
-            return rule
-    return f"as named ({stem})"

@@ -100,7 +100,7 @@ def _job_train_resume_evaluate(rank, cfg, out):
         np.savez(out / "psnr.npz", *result.psnr)
         (out / "summary.json").write_text(json.dumps({
             "straight": [s.as_dict() for s in straight.history], "resumed": [s.as_dict() for s in resumed.history],
-            "auc": result.metrics.micro_auc, "auc_at_validation": straight.best_auc, "auc_every_rank": gathered,
+            "auc": result.metrics.micro_auc, "auc_at_validation": straight.best["g_best_auc"].value, "auc_every_rank": gathered,
             "global_batch": straight.global_batch,
         }))
 

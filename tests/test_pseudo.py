@@ -61,7 +61,7 @@ def test_g_best_pseudo_follows_the_named_statistic(small_cfg, monkeypatch, stati
     trainer = Trainer(small_cfg.replace(iters=4, val_interval=2, val_holdout=2, val_pseudo=statistic),
                       progress=False)
     trainer.fit()
-    assert trainer.best_pseudo_step == {"skip": 2, "skip_gap": 4}[statistic]
+    assert trainer.best["g_best_pseudo"].step == {"skip": 2, "skip_gap": 4}[statistic]
 
 
 def test_strided_window_stays_inside_the_video():
@@ -130,3 +130,23 @@ def test_selection_table_picks_each_rule_from_the_curves(tmp_path, capsys, monke
     assert table["pseudo gap (skip_gap)"][:2] == ["90.00%", "500"]
     assert table["last"][:2] == ["85.00%", "750"]
     assert table["best on test (oracle)"][:4] == ["90.00%", "500", "96.00%", "9.00% |"]
+
+
+def test_selection_rules_restore_only_a_best_of_the_same_statistic_and_name_the_rule():
+    from types import SimpleNamespace
+
+    from ffpvad.training import selection
+
+    best = selection.fresh()["g_best_pseudo"]
+    best.restore({"best_pseudo": 3.5, "best_pseudo_step": 40, "best_pseudo_rule": "skip_gap"},
+                 SimpleNamespace(val_pseudo="skip"))
+    assert (best.value, best.step) == (float("-inf"), -1)  # a gap in dB is no AUC: the skip rule starts again
+    best.restore({"best_pseudo_auc": 0.75, "best_pseudo_step": 20}, SimpleNamespace(val_pseudo="skip"))
+    assert (best.value, best.step) == (0.75, 20)  # a checkpoint from before the rule was recorded: skip, old key
+    assert best.record(SimpleNamespace(val_pseudo="skip")) == {"best_pseudo": 0.75, "best_pseudo_step": 20,
+                                                               "best_pseudo_rule": "skip"}
+    assert not best.improves(0.7, 30) and best.improves(0.8, 30) and best.step == 30
+    assert selection.describe("weights/g_best_val_ped2.pth") == "held-out PSNR (no test labels)"
+    assert selection.describe("g_best_auc_ped2") == "best on test (looks at the test labels)"
+    assert selection.describe("latest_ped2.pth") == "last checkpoint"
+    assert selection.describe("mine.pth") == "as named (mine)"

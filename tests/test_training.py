@@ -96,9 +96,10 @@ def test_val_holdout_keeps_videos_out_and_selects_without_test_labels(small_cfg,
     assert trainer.train_clips.videos.names == ["01", "02", "03", "04", "05", "06"]
     assert trainer.holdout.names == ["07", "08"]
     trainer.fit()
-    assert trainer.best_val_step in (3, 6) and math.isfinite(trainer.best_val_psnr)
+    best = trainer.best["g_best_val"]
+    assert best.step in (3, 6) and math.isfinite(best.value)
     state = load_checkpoint(tmp_path / "weights" / "g_best_val_toy.pth")
-    assert state["step"] == trainer.best_val_step and state["best_val_psnr"] == trainer.best_val_psnr
+    assert state["step"] == best.step and state["best_val_psnr"] == best.value
     with pytest.raises(UserError, match="--val_holdout=8 leaves no training video"):
         Trainer(small_cfg.replace(val_holdout=8), progress=False)
 

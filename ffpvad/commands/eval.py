@@ -26,10 +26,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ffpvad.training import distributed
+from ffpvad.training import distributed, selection
 from ffpvad.evaluation.calibration import Calibration, benchmark_rates, calibration_path, file_sha256
-from ffpvad.checkpoint import (architecture_conflicts, load_networks, read_for_scoring, resolve_checkpoint,
-                        selection_rule)
+from ffpvad.checkpoint import architecture_conflicts, load_networks, read_for_scoring, resolve_checkpoint
 from ffpvad.cli import check_names, parse_command_line
 from ffpvad.config import NON_NEGATIVE, Config, Flag, Range, fields_of
 from ffpvad.data.dataset import TestSet, TrainClips, VideoSet, evenly_spaced, to_model_range
@@ -190,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoint = None if baseline else resolve_checkpoint(checkpoint_name, weights_dir)
     info = {"model": described, "dataset": cfg.dataset, "checkpoint": checkpoint and str(checkpoint),
             "frame_score": cfg.score,
-            "selection": selection_rule(checkpoint) if checkpoint else "none (no training)",
+            "selection": selection.describe(checkpoint) if checkpoint else "none (no training)",
             **({**pixel.as_dict(), "pixel_masks": mask_where} if pixel else {"pixel_level": mask_where})}
     if baseline:
         causal, causal_rows = {}, []

@@ -39,7 +39,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from ffpvad.training import distributed
+from ffpvad.training import distributed, selection
 from ffpvad.training.autotune import compute_record, resolve_compute, resumed_compute, sample_inputs, training_step
 from ffpvad.checkpoint import load_checkpoint, load_weights, resolve_checkpoint, save_checkpoint
 from ffpvad.config import Config, config_from_dict, fields_of, write_config
@@ -258,9 +258,8 @@ class Trainer:
         self.test_set: Optional[TestSet] = distributed.in_turn(lambda: TestSet.load(cfg)) if cfg.val_interval else None
 
         self.last_saved: Optional[tuple[Path, int]] = None  # (path, step) of the last 'latest' written by this run
-        self.step, self.best_auc, self.best_step = 0, -math.inf, -1
-        self.best_val_psnr, self.best_val_step = -math.inf, -1
-        self.best_pseudo, self.best_pseudo_step = -math.inf, -1  # the --val_pseudo statistic
+        self.step = 0
+        self.best = selection.fresh()  # each selection rule's best so far, by checkpoint kind (g_best_auc, ...)
         self.history: list[StepLosses] = []
         if resume_from is not None:
             self._restore(resume_from)
@@ -305,9 +304,7 @@ class Trainer:
             "opt_d": self.opt_d.state_dict(), "sched_g": self.sched_g.state_dict(),
             "sched_d": self.sched_d.state_dict(), "scaler_g": self.scaler_g.state_dict(),
             "scaler_d": self.scaler_d.state_dict(), "config": self.cfg.__dict__.copy(),
-            "best_auc": self.best_auc, "best_step": self.best_step, "best_val_psnr": self.best_val_psnr,
-            "best_val_step": self.best_val_step, "best_pseudo": self.best_pseudo,
-            "best_pseudo_rule": self.cfg.val_pseudo, "best_pseudo_step": self.best_pseudo_step, "rng": rng_state(),
+            **{k: v for best in self.best.values() for k, v in best.record(self.cfg).items()}, "rng": rng_state(),
             "sampler": self.sampler.state_dict(), "versions": versions(),
             # config.batch_size is per process; the sampler position counts global batches of global_batch clips.
             "distributed": {"world_size": self.world, "global_batch": self.global_batch},
@@ -328,12 +325,9 @@ class Trainer:
         self.scaler_d.load_state_dict(state["scaler_d"])
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
-        self.step, self.best_auc, self.best_step = state["step"], state["best_auc"], state["best_step"]
-        self.best_val_psnr = state.get("best_val_psnr", -math.inf)
-        self.best_val_step = state.get("best_val_step", -1)
-        if state.get("best_pseudo_rule", "skip") == self.cfg.val_pseudo:  # an AUC and a gap do not compare
-            self.best_pseudo = state.get("best_pseudo", state.get("best_pseudo_auc", -math.inf))
-            self.best_pseudo_step = state.get("best_pseudo_step", -1)
+        self.step = state["step"]
+        for best in self.best.values():
+            best.restore(state, self.cfg)
 
     def _initialise_from(self, name: str) -> None:
         """Transfer learning: the networks of another run (any dataset), with fresh optimizers and step 0."""
@@ -376,6 +370,13 @@ class Trainer:
         if kind == "latest":
             self.last_saved = (path, self.step)
         return path
+
+    def keep_if_best(self, kind: str, value: float) -> selection.Best:
+        """The value of this step's validation for the rule that keeps checkpoint ``kind``: a new best is saved."""
+        best = self.best[kind]
+        if best.improves(value, self.step):
+            self.save(kind)
+        return best
 
     def _last_good(self) -> str:
         """Where training can continue from, for the message of a run that stops on an error."""
@@ -422,11 +423,9 @@ class Trainer:
         values = predict_psnr_sharded(self.inference, self.holdout, progress=False)
         mean_psnr = float(np.mean(np.concatenate(values)))
         self._figure("holdout_psnr", mean_psnr)
-        if mean_psnr > self.best_val_psnr:
-            self.best_val_psnr, self.best_val_step = mean_psnr, self.step
-            self.save("g_best_val")
-        self._print(f"step {self.step}: held-out normal PSNR {mean_psnr:.3f} dB (best {self.best_val_psnr:.3f} at "
-                    f"step {self.best_val_step})")
+        best = self.keep_if_best("g_best_val", mean_psnr)
+        self._print(f"step {self.step}: held-out normal PSNR {mean_psnr:.3f} dB (best {best.value:.3f} at "
+                    f"step {best.step})")
         if self.cfg.val_pseudo:
             self.validate_pseudo(values)
 
@@ -438,12 +437,10 @@ class Trainer:
         self._figure("pseudo_auc", figures["auc"])
         self._figure("pseudo_gap_db", figures["gap_db"])
         value = figures[STATISTICS[self.cfg.val_pseudo]]
-        if value > self.best_pseudo:
-            self.best_pseudo, self.best_pseudo_step = value, self.step
-            self.save("g_best_pseudo")
+        best = self.keep_if_best("g_best_pseudo", value)
         self._print(f"step {self.step}: pseudo-anomaly AUC {100 * figures['auc']:.2f}%, gap "
                     f"{figures['gap_db']:.2f} dB on the held-out videos (best {self.cfg.val_pseudo} at step "
-                    f"{self.best_pseudo_step})")
+                    f"{best.step})")
 
     def validate(self) -> float:
         if self.holdout is not None:
@@ -457,11 +454,9 @@ class Trainer:
             self.writer.add_scalar("val/auc", auc, self.step)
             self.writer.add_scalar("val/macro_auc", result.metrics.macro.value, self.step)
             self.writer.add_scalar("val/eer", result.metrics.eer, self.step)
-        if auc > self.best_auc:
-            self.best_auc, self.best_step = auc, self.step
-            self.save("g_best_auc")
-        self._print(f"step {self.step}: test micro AUC {100 * auc:.2f}% (best {100 * self.best_auc:.2f}% at step "
-                    f"{self.best_step})")
+        best = self.keep_if_best("g_best_auc", auc)
+        self._print(f"step {self.step}: test micro AUC {100 * auc:.2f}% (best {100 * best.value:.2f}% at step "
+                    f"{best.step})")
         return auc
 
     def _print(self, message: str) -> None:
@@ -592,11 +587,10 @@ class Trainer:
         distributed.barrier()  # every rank returns once rank 0's last checkpoint is on disk
         seconds = time.time() - start
         self._print(f"done: {self.step} steps in {seconds:.0f} s; saved {path}"
-                    + (f"; best test micro AUC {100 * self.best_auc:.2f}% at step {self.best_step} "
-                       f"({self.checkpoint_path('g_best_auc')})" if self.best_step >= 0 else "")
-                    + (f"; best held-out PSNR {self.best_val_psnr:.3f} dB at step {self.best_val_step} "
-                       f"({self.checkpoint_path('g_best_val')})" if self.best_val_step >= 0 else ""))
-        return TrainSummary(self.step, self.best_auc, self.best_step, self.history, seconds)
+                    + "".join(f"; {best.line(self.checkpoint_path(kind))}" for kind, best in self.best.items()
+                              if best.step >= 0))
+        auc = self.best["g_best_auc"]
+        return TrainSummary(self.step, auc.value, auc.step, self.history, seconds)
 
 
 def load_resume_state(cfg: Config, explicit: set[str]) -> tuple[Config, Optional[dict[str, Any]]]:
